@@ -23,4 +23,5 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod protocol;
