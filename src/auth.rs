@@ -116,6 +116,8 @@ impl Verifier {
             }
             return Err(AuthError::Invalid("a token is required".into()));
         }
-        Err(AuthError::Invalid("token verification is not configured".into()))
+        Err(AuthError::Invalid(
+            "token verification is not configured".into(),
+        ))
     }
 }

@@ -24,4 +24,5 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod hub;
 pub mod protocol;

@@ -1,0 +1,433 @@
+//! A session's bounded outbound queue, filled by the hub and drained by the session's writer.
+//!
+//! The hub never awaits: it calls `push_*`, which either queue, apply the lane's drop policy,
+//! or close the outbox. Policies:
+//!
+//! | what | policy |
+//! |---|---|
+//! | control replies, reliable messages, presence events | `Disconnect`: past `max_items` or `max_bytes` the outbox closes with `SlowConsumer`; the client reconnects and recovers from history |
+//! | `latest` messages | conflated per (lane, key): a newer value replaces a queued one in place |
+//! | `datagram` messages | `DropOldest` past `max_datagrams` |
+//!
+//! Every drop is counted in [`Counters`] and reported to the client with a `Dropped` notice on
+//! the channel's lane, so it knows it missed something.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use super::Counters;
+use crate::protocol::{ErrorCode, ServerFrame, encode_server};
+
+/// Which ordered stream an item belongs to.
+///
+/// `0` is the control lane; every subscription gets its own lane id from the session, which
+/// WebTransport maps to one server-opened unidirectional stream.
+pub type Lane = u32;
+
+/// The control lane.
+pub const CONTROL: Lane = 0;
+
+/// Outbox capacities (`[outbox]` in the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Most queued frames (reliable, control, presence, latest slots) before `SlowConsumer`.
+    pub max_items: usize,
+    /// Most queued bytes before `SlowConsumer`.
+    pub max_bytes: usize,
+    /// Most queued datagrams; older ones are dropped first.
+    pub max_datagrams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // 4096 frames covers a full default history replay (1000) plus a burst of live
+            // traffic; a session further behind than that is better served by recovery.
+            max_items: 4096,
+            // 4 MiB bounds the memory one stalled session can pin.
+            max_bytes: 4 * 1024 * 1024,
+            // 256 datagrams ≈ 2.5 s of a 100 Hz game state stream: older state is worthless.
+            max_datagrams: 256,
+        }
+    }
+}
+
+/// One queued frame, already encoded (no length prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A frame for a lane.
+    Frame(Lane, Bytes),
+    /// The lane's subscription ended: finish its stream.
+    Finish(Lane),
+}
+
+#[derive(Debug)]
+enum Slot {
+    Frame(Lane, Bytes),
+    Latest(Lane, Arc<str>),
+    Finish(Lane),
+}
+
+/// Why an outbox was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The error to send (if the transport can) before closing.
+    pub code: ErrorCode,
+    /// Readable reason.
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Slot>,
+    bytes: usize,
+    latest: HashMap<(Lane, Arc<str>), Bytes>,
+    datagrams: VecDeque<Bytes>,
+    /// Drops per lane not yet reported with a `Dropped` notice.
+    dropped: HashMap<Lane, (Arc<str>, u64)>,
+    closed: Option<Closed>,
+    /// A wake-up is pending: the writer has not drained since the last notify.
+    woken: bool,
+}
+
+/// A session's outbound queue. Shared by the hub (producer) and the session writer (consumer).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    config: Config,
+    counters: Arc<Counters>,
+}
+
+/// Result of a push that may close the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// The outbox is (now) closed; the item was not queued.
+    Closed,
+}
+
+impl Outbox {
+    /// A new, empty outbox.
+    pub fn new(config: Config, counters: Arc<Counters>) -> Arc<Self> {
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            config,
+            counters,
+        })
+    }
+
+    fn wake(&self, s: &mut State) {
+        if !s.woken {
+            s.woken = true;
+            self.notify.notify_one();
+        }
+    }
+
+    fn overflow(&self, s: &mut State) -> Pushed {
+        self.counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        s.closed = Some(Closed {
+            code: ErrorCode::SlowConsumer,
+            reason: format!(
+                "outbound queue over {} frames or {} bytes; reconnect and recover",
+                self.config.max_items, self.config.max_bytes
+            ),
+        });
+        s.queue.clear();
+        s.latest.clear();
+        s.datagrams.clear();
+        s.bytes = 0;
+        self.wake(s);
+        Pushed::Closed
+    }
+
+    /// Queues a frame that must not be lost (control reply, reliable message, presence).
+    /// Over capacity the outbox closes with `SlowConsumer`.
+    pub fn push(&self, lane: Lane, frame: Bytes) -> Pushed {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return Pushed::Closed;
+        }
+        if s.queue.len() >= self.config.max_items || s.bytes + frame.len() > self.config.max_bytes {
+            return self.overflow(&mut s);
+        }
+        s.bytes += frame.len();
+        s.queue.push_back(Slot::Frame(lane, frame));
+        self.wake(&mut s);
+        Pushed::Queued
+    }
+
+    /// Encodes and queues a control-lane frame (replies, errors).
+    pub fn push_frame(&self, lane: Lane, frame: &ServerFrame) -> Pushed {
+        self.push(lane, encode_server(frame))
+    }
+
+    /// Queues a `latest` message: replaces a queued value of the same (lane, key) in place.
+    pub fn push_latest(&self, lane: Lane, channel: &Arc<str>, key: &Arc<str>, frame: Bytes) {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        let k = (lane, key.clone());
+        if let Some(v) = s.latest.get_mut(&k) {
+            let old = std::mem::replace(v, frame.clone());
+            s.bytes = s.bytes + frame.len() - old.len();
+            self.counters.conflated.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if s.queue.len() >= self.config.max_items || s.bytes + frame.len() > self.config.max_bytes {
+            // A new key with no room: drop it and tell the client; never disconnect for
+            // latest traffic, the next value of that key will arrive.
+            self.note_drop(&mut s, lane, channel);
+            self.counters.dropped_latest.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        s.bytes += frame.len();
+        s.latest.insert(k, frame);
+        s.queue.push_back(Slot::Latest(lane, key.clone()));
+        self.wake(&mut s);
+    }
+
+    /// Queues a datagram, dropping the oldest queued one when full.
+    pub fn push_datagram(&self, lane: Lane, channel: &Arc<str>, frame: Bytes) {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        if s.datagrams.len() >= self.config.max_datagrams {
+            s.datagrams.pop_front();
+            self.note_drop(&mut s, lane, channel);
+            self.counters
+                .dropped_datagrams
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        s.datagrams.push_back(frame);
+        self.wake(&mut s);
+    }
+
+    fn note_drop(&self, s: &mut State, lane: Lane, channel: &Arc<str>) {
+        s.dropped
+            .entry(lane)
+            .or_insert_with(|| (channel.clone(), 0))
+            .1 += 1;
+    }
+
+    /// Records a datagram the transport could not send (path too small, send buffer full),
+    /// to be reported with the next `Dropped` notice.
+    pub fn report_drop(&self, lane: Lane, channel: &Arc<str>) {
+        let mut s = self.state.lock();
+        self.note_drop(&mut s, lane, channel);
+    }
+
+    /// Marks the subscription on `lane` finished (after its last frame).
+    pub fn finish(&self, lane: Lane) {
+        let mut s = self.state.lock();
+        if s.closed.is_some() {
+            return;
+        }
+        s.queue.push_back(Slot::Finish(lane));
+        self.wake(&mut s);
+    }
+
+    /// Closes the outbox: queued items are discarded and the writer sends `code` and stops.
+    pub fn close(&self, code: ErrorCode, reason: impl Into<String>) {
+        let mut s = self.state.lock();
+        if s.closed.is_none() {
+            s.closed = Some(Closed {
+                code,
+                reason: reason.into(),
+            });
+            s.queue.clear();
+            s.latest.clear();
+            s.datagrams.clear();
+            s.bytes = 0;
+        }
+        self.wake(&mut s);
+    }
+
+    /// Whether the outbox is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    /// Queued frames (not counting datagrams).
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        let s = self.state.lock();
+        s.queue.is_empty() && s.datagrams.is_empty()
+    }
+
+    /// Moves up to `max` queued frames into `out` and every queued datagram into `datagrams`,
+    /// in order, with `Dropped` notices first. Returns the close reason once the outbox is
+    /// closed (after which nothing more is ever queued).
+    pub fn drain(
+        &self,
+        out: &mut Vec<Item>,
+        datagrams: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Option<Closed> {
+        let mut s = self.state.lock();
+        s.woken = false;
+        if let Some(c) = &s.closed {
+            return Some(c.clone());
+        }
+        if !s.dropped.is_empty() {
+            for (lane, (channel, count)) in s.dropped.drain() {
+                let f = ServerFrame::Dropped {
+                    channel: channel.to_string(),
+                    count,
+                };
+                out.push(Item::Frame(lane, encode_server(&f)));
+            }
+        }
+        datagrams.extend(s.datagrams.drain(..));
+        let n = s.queue.len().min(max);
+        for _ in 0..n {
+            let slot = s.queue.pop_front().expect("invariant: n <= len");
+            match slot {
+                Slot::Frame(lane, b) => {
+                    s.bytes -= b.len();
+                    out.push(Item::Frame(lane, b));
+                }
+                Slot::Latest(lane, key) => {
+                    if let Some(b) = s.latest.remove(&(lane, key)) {
+                        s.bytes -= b.len();
+                        out.push(Item::Frame(lane, b));
+                    }
+                }
+                Slot::Finish(lane) => out.push(Item::Finish(lane)),
+            }
+        }
+        if !s.queue.is_empty() {
+            // More left than `max`: stay woken so the writer comes back.
+            s.woken = true;
+            self.notify.notify_one();
+        }
+        None
+    }
+
+    /// Waits until something may be queued or the outbox closed.
+    ///
+    /// Cancel-safe: a wake-up that arrives while not waiting is kept for the next call.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn outbox(max_items: usize, max_datagrams: usize) -> Arc<Outbox> {
+        Outbox::new(
+            Config {
+                max_items,
+                max_bytes: 1 << 20,
+                max_datagrams,
+            },
+            Arc::new(Counters::default()),
+        )
+    }
+
+    fn drain(o: &Outbox) -> (Vec<Item>, Vec<Bytes>, Option<Closed>) {
+        let mut out = Vec::new();
+        let mut d = Vec::new();
+        let c = o.drain(&mut out, &mut d, usize::MAX);
+        (out, d, c)
+    }
+
+    #[test]
+    fn reliable_overflow_closes_with_slow_consumer() {
+        let o = outbox(2, 4);
+        assert_eq!(o.push(1, Bytes::from_static(b"a")), Pushed::Queued);
+        assert_eq!(o.push(1, Bytes::from_static(b"b")), Pushed::Queued);
+        assert_eq!(o.push(1, Bytes::from_static(b"c")), Pushed::Closed);
+        let (items, _, closed) = drain(&o);
+        assert!(items.is_empty());
+        assert_eq!(closed.expect("closed").code, ErrorCode::SlowConsumer);
+        assert_eq!(o.counters.slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn latest_is_conflated_per_key_and_ends_on_newest() {
+        let o = outbox(16, 4);
+        let ch: Arc<str> = "prices:x".into();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        o.push_latest(1, &ch, &a, Bytes::from_static(b"a1"));
+        o.push_latest(1, &ch, &b, Bytes::from_static(b"b1"));
+        o.push_latest(1, &ch, &a, Bytes::from_static(b"a2"));
+        o.push_latest(1, &ch, &a, Bytes::from_static(b"a3"));
+        let (items, _, _) = drain(&o);
+        assert_eq!(
+            items,
+            vec![
+                Item::Frame(1, Bytes::from_static(b"a3")),
+                Item::Frame(1, Bytes::from_static(b"b1"))
+            ]
+        );
+        assert_eq!(o.counters.conflated.load(Ordering::Relaxed), 2);
+        // After a drain the key queues again.
+        o.push_latest(1, &ch, &a, Bytes::from_static(b"a4"));
+        assert_eq!(drain(&o).0, vec![Item::Frame(1, Bytes::from_static(b"a4"))]);
+    }
+
+    #[test]
+    fn datagrams_drop_oldest_and_report() {
+        let o = outbox(16, 2);
+        let ch: Arc<str> = "game:1".into();
+        for i in 0..5u8 {
+            o.push_datagram(3, &ch, Bytes::from(vec![i]));
+        }
+        let (items, d, _) = drain(&o);
+        assert_eq!(d, vec![Bytes::from(vec![3u8]), Bytes::from(vec![4u8])]);
+        let notice = ServerFrame::Dropped {
+            channel: "game:1".into(),
+            count: 3,
+        };
+        assert_eq!(items, vec![Item::Frame(3, encode_server(&notice))]);
+        assert_eq!(o.counters.dropped_datagrams.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn wakes_once_until_drained() {
+        let o = outbox(16, 2);
+        o.push(0, Bytes::from_static(b"x"));
+        o.push(0, Bytes::from_static(b"y"));
+        assert!(o.ready().now_or_never().is_some());
+        // Second push before a drain does not store a second permit.
+        assert!(o.ready().now_or_never().is_none());
+        drain(&o);
+        o.push(0, Bytes::from_static(b"z"));
+        assert!(o.ready().now_or_never().is_some());
+    }
+
+    #[test]
+    fn drain_respects_max_and_rewakes() {
+        let o = outbox(16, 2);
+        for i in 0..5u8 {
+            o.push(0, Bytes::from(vec![i]));
+        }
+        assert!(o.ready().now_or_never().is_some());
+        let mut out = Vec::new();
+        o.drain(&mut out, &mut Vec::new(), 3);
+        assert_eq!(out.len(), 3);
+        assert!(o.ready().now_or_never().is_some(), "rewoken for the rest");
+        out.clear();
+        o.drain(&mut out, &mut Vec::new(), 3);
+        assert_eq!(out.len(), 2);
+    }
+}
