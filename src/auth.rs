@@ -1,10 +1,110 @@
 //! Credentials to grants. Pure: no I/O per request (keys are loaded once by [`Verifier::new`]).
 //!
 //! Must not import `session`, `transport`, `relay` or `api`.
+//!
+//! # Tokens
+//!
+//! Clients present a JWT (JWS compact form) in `Hello` and `Refresh`. [`Verifier::verify`]
+//! accepts it when:
+//!
+//! - the header's `alg` is one a configured key is meant for (see *Keys*); `none` and any
+//!   algorithm without a matching key are refused;
+//! - the signature verifies with that key;
+//! - `iss` equals `issuer` and `aud` equals (or, as an array, contains) `audience`, for each of
+//!   the two that is configured. An unconfigured one is not checked;
+//! - `exp` is present and `now < exp + leeway_secs`; `nbf`, when present, satisfies
+//!   `now + leeway_secs >= nbf`. `now` is the `now_unix` argument, never the wall clock;
+//! - `sub` is a non-empty string: it becomes [`Grant::user`];
+//! - the capability claim, when present, has the shape below and only valid patterns.
+//!
+//! # Claim format
+//!
+//! Channel permissions live in one claim, `edgegate` by default (the name is configurable
+//! with `capabilities_claim`, for identity providers that require namespaced custom claims):
+//!
+//! ```json
+//! {
+//!   "sub": "alice",
+//!   "exp": 1767225600,
+//!   "edgegate": {
+//!     "pub": ["chat:*", "prices:BTC-USD"],
+//!     "sub": ["*"],
+//!     "presence": ["room:*"],
+//!     "allow": ["room:lobby"]
+//!   }
+//! }
+//! ```
+//!
+//! - `pub`: channels the user may publish to ([`Cap::Publish`]).
+//! - `sub`: channels the user may subscribe to ([`Cap::Subscribe`]). Inside the capability
+//!   claim `sub` means *subscribe*; the top-level `sub` is the user id.
+//! - `presence`: channels whose presence the user may join and read ([`Cap::Presence`]).
+//! - `allow`: shorthand for all three.
+//!
+//! Every key is optional; a missing key (or a missing claim) grants nothing beyond what a
+//! namespace allows anonymous users. Unknown keys make the token invalid, so a typo such as
+//! `"publish"` fails loudly instead of silently granting nothing.
+//!
+//! A pattern is one of:
+//!
+//! - `*`: every channel;
+//! - `ns:*`: every channel in namespace `ns` (the part of the channel name before its first
+//!   `:`), so `room:*` matches `room:42` and `room:eu/7` but not `rooms:1` or `room`;
+//! - anything else without `*`: exactly that channel name.
+//!
+//! Any other use of `*` (`room:eu-*`, `*:x`, `:*`) or an empty pattern makes the token invalid.
+//!
+//! # Keys
+//!
+//! - `hs256_secret`: a shared secret, at least [`MIN_SECRET_LEN`] bytes, for `HS256` only.
+//! - `public_key_files`: PEM files, one public key each (`PUBLIC KEY` or `RSA PUBLIC KEY`). An
+//!   RSA key accepts `RS256/384/512` and `PS256/384/512`; an EC key accepts `ES256` (P-256) or
+//!   `ES384` (P-384) according to its curve; an Ed25519 key accepts `EdDSA`. Private keys and
+//!   certificates are refused at start-up.
+//! - `jwks_file`: a JWK set (`{"keys": [...]}`) with RSA, EC (P-256, P-384) and OKP (Ed25519)
+//!   public keys. A key's `alg`, when present, narrows it to that one algorithm. Keys marked
+//!   `"use": "enc"` are skipped; symmetric (`oct`) and private keys are refused at start-up.
+//!
+//! Key selection: a token whose header carries a `kid` is tried against the keys with that
+//! `kid`, or, when no key has it, against the keys without a `kid` (PEM files, the secret). A
+//! token without `kid` is tried against every key. Only keys whose algorithm list contains the
+//! token's `alg` are ever tried, so a token can never make an RSA or EC public key serve as an
+//! HMAC secret (the classic algorithm-confusion attack), and an HMAC secret is never used for
+//! a token that claims an asymmetric algorithm.
+//!
+//! # Minting
+//!
+//! [`mint_hs256`] makes the tokens `edgegate token` prints: `sub`, `iat`, `exp` and an
+//! `edgegate` claim holding `allow`. It always writes the default claim name.
 
-use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use crate::protocol::ErrorCode;
+
+/// Shortest accepted HS256 secret in bytes: RFC 7518 §3.2 requires an HMAC key at least as
+/// long as the hash output (256 bits); shorter secrets can be brute-forced offline from any
+/// one token.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Longest token [`Verifier::verify`] looks at, in bytes. A realistic token (RS256 with a
+/// 4096-bit key and a hundred channel patterns) stays under 4 KiB; the bound keeps the work an
+/// unauthenticated client can cause small.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Default clock-skew allowance for `exp` and `nbf`, in seconds: enough for NTP-synchronised
+/// hosts, short enough that an expired token is not usable for long.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+
+/// Default name of the capability claim.
+pub const DEFAULT_CLAIM: &str = "edgegate";
 
 /// What a grant allows on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +118,59 @@ pub enum Cap {
 }
 
 /// Authentication settings (`[auth]` in the config file).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// HS256 shared secret for client tokens.
+    /// HS256 shared secret for client tokens (at least [`MIN_SECRET_LEN`] bytes).
     pub hs256_secret: Option<String>,
+    /// PEM files with one RSA, EC or Ed25519 public key each.
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWK set file with public keys, chosen by the token's `kid`.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim; not checked when unset.
+    pub issuer: Option<String>,
+    /// Required `aud` claim (or member of it); not checked when unset.
+    pub audience: Option<String>,
+    /// Allowed clock skew for `exp` and `nbf`, in seconds (default 5).
+    pub leeway_secs: u64,
+    /// Name of the claim holding channel capabilities (default `edgegate`).
+    pub capabilities_claim: String,
     /// Accept connections without a token (anonymous grant; namespaces decide what it may do).
-    #[serde(default)]
     pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hs256_secret: None,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            capabilities_claim: DEFAULT_CLAIM.to_owned(),
+            allow_anonymous: false,
+        }
+    }
+}
+
+// Written by hand so the secret never reaches a log line.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("public_key_files", &self.public_key_files)
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("capabilities_claim", &self.capabilities_claim)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
 }
 
 /// Authentication failed.
@@ -52,6 +197,164 @@ impl AuthError {
             AuthError::NotYetValid => ErrorCode::TokenNotYetValid,
         }
     }
+
+    fn invalid(reason: impl Into<String>) -> Self {
+        AuthError::Invalid(reason.into())
+    }
+}
+
+/// The `[auth]` configuration cannot be turned into a [`Verifier`] (checked at start-up).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// `hs256_secret` is shorter than [`MIN_SECRET_LEN`] bytes.
+    #[error("auth.hs256_secret is {len} bytes; at least {MIN_SECRET_LEN} are required")]
+    WeakSecret {
+        /// Length of the configured secret in bytes.
+        len: usize,
+    },
+    /// A key file could not be read.
+    #[error("cannot read key file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file does not hold exactly one usable public key.
+    #[error("{}: {reason}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The JWKS file is not JSON of the shape `{"keys": [...]}`.
+    #[error("{}: not a JWK set", path.display())]
+    Jwks {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// One key in the JWKS file is unusable.
+    #[error("{}: key #{index}{}: {reason}", path.display(), kid_suffix(kid))]
+    Jwk {
+        /// The file.
+        path: PathBuf,
+        /// Position of the key in `keys`, from 0.
+        index: usize,
+        /// The key's `kid`, if it has one.
+        kid: Option<String>,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another setting is unusable.
+    #[error("auth config: {0}")]
+    Config(String),
+}
+
+fn kid_suffix(kid: &Option<String>) -> String {
+    kid.as_ref()
+        .map(|k| format!(" (kid {k:?})"))
+        .unwrap_or_default()
+}
+
+/// Minting a token, or parsing its lifetime, failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    #[error("the secret is {len} bytes; at least {MIN_SECRET_LEN} are required")]
+    WeakSecret {
+        /// Length of the given secret in bytes.
+        len: usize,
+    },
+    /// The subject (user id) is empty.
+    #[error("the subject (user id) is empty")]
+    EmptySubject,
+    /// A channel pattern is malformed.
+    #[error("bad channel pattern {pattern:?}: {reason}")]
+    Pattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// The lifetime is zero, unparsable or too large.
+    #[error("bad token lifetime: {0}")]
+    Ttl(String),
+    /// The signing library failed.
+    #[error("cannot encode the token")]
+    Encode(#[source] jsonwebtoken::errors::Error),
+}
+
+/// A set of channel patterns, compiled for matching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Patterns {
+    all: bool,
+    namespaces: BTreeSet<String>,
+    exact: BTreeSet<String>,
+}
+
+impl Patterns {
+    fn everything() -> Self {
+        Patterns {
+            all: true,
+            ..Patterns::default()
+        }
+    }
+
+    fn add(&mut self, pattern: &str) -> Result<(), &'static str> {
+        match parse_pattern(pattern)? {
+            Pattern::All => self.all = true,
+            Pattern::Namespace(ns) => {
+                self.namespaces.insert(ns.to_owned());
+            }
+            Pattern::Exact(name) => {
+                self.exact.insert(name.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, channel: &str) -> bool {
+        self.all
+            || self.exact.contains(channel)
+            || channel
+                .split_once(':')
+                .is_some_and(|(ns, _)| self.namespaces.contains(ns))
+    }
+}
+
+enum Pattern<'a> {
+    All,
+    Namespace(&'a str),
+    Exact(&'a str),
+}
+
+fn parse_pattern(pattern: &str) -> Result<Pattern<'_>, &'static str> {
+    if pattern.is_empty() {
+        return Err("empty pattern");
+    }
+    if pattern == "*" {
+        return Ok(Pattern::All);
+    }
+    if let Some(ns) = pattern.strip_suffix(":*") {
+        if ns.is_empty() {
+            return Err("namespace before `:*` is empty");
+        }
+        if ns.contains(':') || ns.contains('*') {
+            return Err("`*` only as `*` or `namespace:*`, and a namespace has no `:`");
+        }
+        return Ok(Pattern::Namespace(ns));
+    }
+    if pattern.contains('*') {
+        return Err("`*` only as `*` or `namespace:*`");
+    }
+    Ok(Pattern::Exact(pattern))
 }
 
 /// What an authenticated (or anonymous) connection may do.
@@ -63,7 +366,9 @@ pub struct Grant {
     pub expires_at: Option<u64>,
     /// `true` for a connection without a token.
     pub anonymous: bool,
-    allow_all: bool,
+    publish: Patterns,
+    subscribe: Patterns,
+    presence: Patterns,
 }
 
 impl Grant {
@@ -74,7 +379,9 @@ impl Grant {
             user: String::new(),
             expires_at: None,
             anonymous: true,
-            allow_all: false,
+            publish: Patterns::default(),
+            subscribe: Patterns::default(),
+            presence: Patterns::default(),
         }
     }
 
@@ -84,40 +391,744 @@ impl Grant {
             user: user.into(),
             expires_at: None,
             anonymous: false,
-            allow_all: true,
+            publish: Patterns::everything(),
+            subscribe: Patterns::everything(),
+            presence: Patterns::everything(),
         }
     }
 
-    /// Whether this grant allows `cap` on `channel`.
-    pub fn allows(&self, _cap: Cap, _channel: &str) -> bool {
-        self.allow_all
+    /// Whether this grant allows `cap` on `channel` (see the module doc for patterns).
+    pub fn allows(&self, cap: Cap, channel: &str) -> bool {
+        match cap {
+            Cap::Publish => self.publish.matches(channel),
+            Cap::Subscribe => self.subscribe.matches(channel),
+            Cap::Presence => self.presence.matches(channel),
+        }
     }
 }
 
-/// Verifies client credentials.
+/// The capability claim as tokens carry it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapabilityClaim {
+    #[serde(default, rename = "pub")]
+    publish: Vec<String>,
+    #[serde(default, rename = "sub")]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    presence: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+/// One verification key and the algorithms it may verify.
+#[derive(Debug, Clone)]
+struct Key {
+    kid: Option<String>,
+    algorithms: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verifies client credentials. Cheap to clone (the keys are shared).
 #[derive(Debug, Clone)]
 pub struct Verifier {
-    config: Config,
+    keys: Arc<[Key]>,
+    allow_anonymous: bool,
+    leeway: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
+    claim: String,
 }
 
 impl Verifier {
-    /// Builds a verifier, loading any key files once.
-    pub fn new(config: &Config) -> Result<Self, AuthError> {
+    /// Builds a verifier, reading and checking every key file once.
+    pub fn new(config: &Config) -> Result<Self, LoadError> {
+        if config.capabilities_claim.is_empty() {
+            return Err(LoadError::Config("capabilities_claim is empty".into()));
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.hs256_secret {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(LoadError::WeakSecret { len: secret.len() });
+            }
+            keys.push(Key {
+                kid: None,
+                algorithms: vec![Algorithm::HS256],
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        for path in &config.public_key_files {
+            keys.push(load_pem(path, &read(path)?)?);
+        }
+        if let Some(path) = &config.jwks_file {
+            keys.extend(load_jwks(path, &read(path)?)?);
+        }
         Ok(Verifier {
-            config: config.clone(),
+            keys: keys.into(),
+            allow_anonymous: config.allow_anonymous,
+            leeway: config.leeway_secs,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            claim: config.capabilities_claim.clone(),
         })
     }
 
+    /// Whether any key is configured, i.e. whether a token can ever verify. Start-up uses it
+    /// to refuse a configuration where nobody can authenticate.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Whether connections without a token get [`Grant::anonymous`].
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+
     /// Maps a token (empty for none) to a grant at `now_unix` seconds.
-    pub fn verify(&self, token: &str, _now_unix: u64) -> Result<Grant, AuthError> {
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<Grant, AuthError> {
         if token.is_empty() {
-            if self.config.allow_anonymous {
+            if self.allow_anonymous {
                 return Ok(Grant::anonymous());
             }
-            return Err(AuthError::Invalid("a token is required".into()));
+            return Err(AuthError::invalid("a token is required"));
         }
-        Err(AuthError::Invalid(
-            "token verification is not configured".into(),
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::invalid(format!(
+                "token longer than {MAX_TOKEN_LEN} bytes"
+            )));
+        }
+        // `alg: none` and unknown algorithms fail here: `Algorithm` has no such variant.
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::invalid("malformed token or unsupported algorithm"))?;
+        let alg = header.alg;
+
+        let usable = |k: &&Key| k.algorithms.contains(&alg);
+        let kid = header.kid.as_deref();
+        let named = |k: &&Key| kid.is_some() && k.kid.as_deref() == kid;
+        // A known `kid` pins the key; an unknown one falls back to the keys without a `kid`.
+        let candidates: Vec<&Key> = if kid.is_none() {
+            self.keys.iter().filter(usable).collect()
+        } else if self.keys.iter().any(|k| named(&k)) {
+            self.keys.iter().filter(named).filter(usable).collect()
+        } else {
+            self.keys
+                .iter()
+                .filter(|k| k.kid.is_none())
+                .filter(usable)
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(AuthError::invalid(format!(
+                "no key accepts algorithm {alg:?}{}",
+                header
+                    .kid
+                    .as_ref()
+                    .map(|k| format!(" with kid {k:?}"))
+                    .unwrap_or_default()
+            )));
+        }
+
+        // Only the signature is checked here; every claim is checked below against
+        // `now_unix`, because jsonwebtoken's own time checks read the wall clock.
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+
+        let mut first_error = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+                Ok(data) => return self.grant(data.claims, now_unix),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(AuthError::invalid(
+            match first_error.as_ref().map(|e| e.kind()) {
+                Some(jsonwebtoken::errors::ErrorKind::InvalidSignature) | None => "bad signature",
+                Some(_) => "malformed token or signature",
+            },
         ))
+    }
+
+    /// Checks the claims of a token whose signature verified.
+    fn grant(&self, claims: Value, now: u64) -> Result<Grant, AuthError> {
+        let Value::Object(mut claims) = claims else {
+            return Err(AuthError::invalid("claims are not a JSON object"));
+        };
+
+        if let Some(issuer) = &self.issuer {
+            match claims.get("iss") {
+                Some(Value::String(iss)) if iss == issuer => {}
+                Some(_) => return Err(AuthError::invalid("issuer not accepted")),
+                None => return Err(AuthError::invalid("token has no `iss`")),
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
+                Some(_) => false,
+                None => return Err(AuthError::invalid("token has no `aud`")),
+            };
+            if !ok {
+                return Err(AuthError::invalid("audience not accepted"));
+            }
+        }
+
+        let exp = match claims.get("exp") {
+            None => return Err(AuthError::invalid("token has no `exp`")),
+            Some(v) => numeric_date(v, Round::Down)
+                .ok_or_else(|| AuthError::invalid("`exp` is not a time"))?,
+        };
+        if now >= exp.saturating_add(self.leeway) {
+            return Err(AuthError::Expired);
+        }
+        if let Some(v) = claims.get("nbf") {
+            let nbf = numeric_date(v, Round::Up)
+                .ok_or_else(|| AuthError::invalid("`nbf` is not a time"))?;
+            if now.saturating_add(self.leeway) < nbf {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+
+        let user = match claims.remove("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() => sub,
+            Some(_) => return Err(AuthError::invalid("`sub` is not a non-empty string")),
+            None => return Err(AuthError::invalid("token has no `sub`")),
+        };
+
+        let mut grant = Grant {
+            user,
+            expires_at: Some(exp),
+            anonymous: false,
+            publish: Patterns::default(),
+            subscribe: Patterns::default(),
+            presence: Patterns::default(),
+        };
+        if let Some(caps) = claims.remove(&self.claim) {
+            let caps: CapabilityClaim = serde_json::from_value(caps).map_err(|e| {
+                AuthError::invalid(format!("claim `{}` is malformed: {e}", self.claim))
+            })?;
+            let bad = |p: &str, reason: &str| {
+                AuthError::invalid(format!("bad channel pattern {p:?}: {reason}"))
+            };
+            for (list, set) in [
+                (&caps.publish, &mut grant.publish),
+                (&caps.subscribe, &mut grant.subscribe),
+                (&caps.presence, &mut grant.presence),
+            ] {
+                for p in list {
+                    set.add(p).map_err(|r| bad(p, r))?;
+                }
+            }
+            for p in &caps.allow {
+                for set in [
+                    &mut grant.publish,
+                    &mut grant.subscribe,
+                    &mut grant.presence,
+                ] {
+                    set.add(p).map_err(|r| bad(p, r))?;
+                }
+            }
+        }
+        Ok(grant)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Round {
+    Down,
+    Up,
+}
+
+/// A JWT NumericDate (seconds, possibly fractional) as whole seconds, rounded in the
+/// direction that never extends validity.
+fn numeric_date(v: &Value, round: Round) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    // 2^53: beyond it f64 has no fractional part and the cast below would be lossy anyway.
+    if !(0.0..=9_007_199_254_740_992.0).contains(&f) {
+        return None;
+    }
+    let whole = match round {
+        Round::Down => f.floor(),
+        Round::Up => f.ceil(),
+    };
+    Some(whole as u64)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Algorithms an RSA key may verify: PKCS#1 v1.5 and PSS with every hash.
+const RSA_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// The ECDSA algorithm for an uncompressed or compressed SEC1 point, by its length.
+fn ec_algorithm(point: &[u8]) -> Option<Algorithm> {
+    match point.len() {
+        65 | 33 => Some(Algorithm::ES256),
+        97 | 49 => Some(Algorithm::ES384),
+        _ => None,
+    }
+}
+
+fn load_pem(path: &Path, bytes: &[u8]) -> Result<Key, LoadError> {
+    let err = |reason: &str| LoadError::Key {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| err("not a PEM text file"))?;
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|l| l.strip_suffix("-----"))
+        .collect();
+    match labels.as_slice() {
+        [] => return Err(err("no PEM block")),
+        ["PUBLIC KEY"] | ["RSA PUBLIC KEY"] => {}
+        [label] if label.contains("PRIVATE") => {
+            return Err(err(
+                "holds a private key; give the public key only (openssl pkey -pubout)",
+            ));
+        }
+        [_] => return Err(err("expected a `PUBLIC KEY` or `RSA PUBLIC KEY` PEM block")),
+        _ => return Err(err("holds more than one PEM block; use one file per key")),
+    }
+    if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
+        return Ok(Key {
+            kid: None,
+            algorithms: RSA_ALGORITHMS.to_vec(),
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
+        let alg = ec_algorithm(key.as_bytes())
+            .ok_or_else(|| err("EC key on an unsupported curve (P-256 and P-384 are)"))?;
+        return Ok(Key {
+            kid: None,
+            algorithms: vec![alg],
+            key,
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(bytes) {
+        if key.as_bytes().len() != 32 {
+            return Err(err("Ed25519 key of the wrong length"));
+        }
+        return Ok(Key {
+            kid: None,
+            algorithms: vec![Algorithm::EdDSA],
+            key,
+        });
+    }
+    Err(err("not an RSA, EC or Ed25519 public key"))
+}
+
+#[derive(Deserialize)]
+struct JwkSetFile {
+    keys: Vec<Value>,
+}
+
+/// The JWK members this module reads; others (`x5c`, `x5t`, ...) are ignored.
+#[derive(Deserialize)]
+struct JwkFields {
+    kty: String,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    key_ops: Option<Vec<String>>,
+    alg: Option<String>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    d: Option<serde::de::IgnoredAny>,
+}
+
+fn load_jwks(path: &Path, bytes: &[u8]) -> Result<Vec<Key>, LoadError> {
+    let set: JwkSetFile = serde_json::from_slice(bytes).map_err(|source| LoadError::Jwks {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for (index, raw) in set.keys.into_iter().enumerate() {
+        let kid = raw.get("kid").and_then(Value::as_str).map(str::to_owned);
+        let err = |reason: String| LoadError::Jwk {
+            path: path.to_owned(),
+            index,
+            kid: kid.clone(),
+            reason,
+        };
+        let jwk: JwkFields = serde_json::from_value(raw).map_err(|e| err(e.to_string()))?;
+        if let Some(key) = jwk_key(jwk).map_err(err)? {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        return Err(LoadError::Config(format!(
+            "{} holds no signature verification key",
+            path.display()
+        )));
+    }
+    Ok(keys)
+}
+
+/// The key for one JWK, `None` for keys meant for encryption.
+fn jwk_key(jwk: JwkFields) -> Result<Option<Key>, String> {
+    if jwk.use_.as_deref() == Some("enc") {
+        return Ok(None);
+    }
+    if let Some(ops) = &jwk.key_ops
+        && !ops.iter().any(|o| o == "verify")
+    {
+        return Ok(None);
+    }
+    if jwk.d.is_some() {
+        return Err("holds private key material; publish the public key only".into());
+    }
+    let need = |field: &Option<String>, name: &str| {
+        field.clone().ok_or_else(|| format!("missing `{name}`"))
+    };
+    let bad = |e: jsonwebtoken::errors::Error| format!("bad key material: {e}");
+    let (key, algorithms) = match jwk.kty.as_str() {
+        "RSA" => {
+            let key = DecodingKey::from_rsa_components(&need(&jwk.n, "n")?, &need(&jwk.e, "e")?)
+                .map_err(bad)?;
+            (key, RSA_ALGORITHMS.to_vec())
+        }
+        "EC" => {
+            let curve_alg = match jwk.crv.as_deref() {
+                Some("P-256") => Algorithm::ES256,
+                Some("P-384") => Algorithm::ES384,
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            };
+            let key = DecodingKey::from_ec_components(&need(&jwk.x, "x")?, &need(&jwk.y, "y")?)
+                .map_err(bad)?;
+            if ec_algorithm(key.as_bytes()) != Some(curve_alg) {
+                return Err("coordinates do not fit the curve".into());
+            }
+            (key, vec![curve_alg])
+        }
+        "OKP" => {
+            if jwk.crv.as_deref() != Some("Ed25519") {
+                return Err(format!("unsupported OKP curve {:?}", jwk.crv));
+            }
+            let key = DecodingKey::from_ed_components(&need(&jwk.x, "x")?).map_err(bad)?;
+            if key.as_bytes().len() != 32 {
+                return Err("Ed25519 key of the wrong length".into());
+            }
+            (key, vec![Algorithm::EdDSA])
+        }
+        "oct" => return Err("symmetric keys are not accepted here; use hs256_secret".into()),
+        other => return Err(format!("unsupported key type {other:?}")),
+    };
+    let algorithms = match &jwk.alg {
+        None => algorithms,
+        Some(name) => {
+            let alg: Algorithm = name
+                .parse()
+                .map_err(|_| format!("unsupported algorithm {name:?}"))?;
+            if !algorithms.contains(&alg) {
+                return Err(format!("algorithm {name} does not fit a {} key", jwk.kty));
+            }
+            vec![alg]
+        }
+    };
+    Ok(Some(Key {
+        kid: jwk.kid,
+        algorithms,
+        key,
+    }))
+}
+
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edgegate: Option<MintedCaps<'a>>,
+}
+
+#[derive(Serialize)]
+struct MintedCaps<'a> {
+    allow: &'a [String],
+}
+
+/// Makes an HS256 token for `sub`, valid from `now_unix` for `ttl_secs` seconds, allowing
+/// publish, subscribe and presence on every pattern in `allow` (see the module doc). This is
+/// what `edgegate token` prints.
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    allow: &[String],
+    ttl_secs: u64,
+    now_unix: u64,
+) -> Result<String, MintError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(MintError::WeakSecret { len: secret.len() });
+    }
+    if sub.is_empty() {
+        return Err(MintError::EmptySubject);
+    }
+    for p in allow {
+        parse_pattern(p).map_err(|reason| MintError::Pattern {
+            pattern: p.clone(),
+            reason,
+        })?;
+    }
+    if ttl_secs == 0 {
+        return Err(MintError::Ttl("zero".into()));
+    }
+    let exp = now_unix
+        .checked_add(ttl_secs)
+        .ok_or_else(|| MintError::Ttl("expiry overflows".into()))?;
+    let claims = MintedClaims {
+        sub,
+        iat: now_unix,
+        exp,
+        edgegate: (!allow.is_empty()).then_some(MintedCaps { allow }),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(MintError::Encode)
+}
+
+/// Parses a token lifetime: one or more `<number><unit>` groups with units `s`, `m`, `h`,
+/// `d` (`45s`, `30m`, `1h`, `2d`, `1h30m`), or a bare number of seconds. Zero is refused.
+pub fn parse_ttl(text: &str) -> Result<u64, MintError> {
+    let bad = |why: &str| MintError::Ttl(format!("{text:?}: {why}"));
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = text.parse().map_err(|_| bad("too large"))?;
+        return if secs == 0 {
+            Err(bad("zero"))
+        } else {
+            Ok(secs)
+        };
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad("expected a number"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad("too large"))?;
+        let unit = match rest.as_bytes().get(digits) {
+            Some(b's') => 1,
+            Some(b'm') => 60,
+            Some(b'h') => 3600,
+            Some(b'd') => 86_400,
+            Some(_) => return Err(bad("unit must be s, m, h or d")),
+            None => return Err(bad("missing unit after the last number")),
+        };
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(|| bad("too large"))?;
+        rest = &rest[digits + 1..];
+    }
+    if total == 0 {
+        return Err(bad("zero"));
+    }
+    Ok(total)
+}
+
+/// Compares two secrets (e.g. the HTTP API key) in time that depends only on their lengths,
+/// not on where they first differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn grant_for(caps: Value) -> Result<Grant, AuthError> {
+        let verifier = Verifier::new(&Config::default()).expect("default config loads");
+        verifier.grant(
+            serde_json::json!({"sub": "alice", "exp": 100, "edgegate": caps}),
+            50,
+        )
+    }
+
+    #[test]
+    fn patterns_parse() {
+        assert!(matches!(parse_pattern("*"), Ok(Pattern::All)));
+        assert!(matches!(
+            parse_pattern("room:*"),
+            Ok(Pattern::Namespace("room"))
+        ));
+        assert!(matches!(
+            parse_pattern("room:42"),
+            Ok(Pattern::Exact("room:42"))
+        ));
+        assert!(matches!(
+            parse_pattern("lobby"),
+            Ok(Pattern::Exact("lobby"))
+        ));
+        for bad in [
+            "",
+            ":*",
+            "room:eu-*",
+            "*:x",
+            "a:b:*",
+            "**",
+            "room*",
+            "*room:*",
+        ] {
+            assert!(parse_pattern(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn namespace_pattern_matches_only_its_namespace() {
+        let mut p = Patterns::default();
+        p.add("room:*").expect("valid");
+        assert!(p.matches("room:42"));
+        assert!(p.matches("room:eu/7:x"));
+        assert!(p.matches("room:"));
+        assert!(!p.matches("room"));
+        assert!(!p.matches("rooms:1"));
+        assert!(!p.matches("chat:room:1"));
+    }
+
+    #[test]
+    fn capability_lists_map_to_caps() {
+        let g = grant_for(serde_json::json!({
+            "pub": ["chat:*"], "sub": ["prices:BTC-USD"], "presence": ["room:*"], "allow": ["x:1"]
+        }))
+        .expect("valid claims");
+        assert!(g.allows(Cap::Publish, "chat:a"));
+        assert!(!g.allows(Cap::Subscribe, "chat:a"));
+        assert!(g.allows(Cap::Subscribe, "prices:BTC-USD"));
+        assert!(!g.allows(Cap::Subscribe, "prices:ETH-USD"));
+        assert!(g.allows(Cap::Presence, "room:9"));
+        assert!(!g.allows(Cap::Publish, "room:9"));
+        for cap in [Cap::Publish, Cap::Subscribe, Cap::Presence] {
+            assert!(g.allows(cap, "x:1"));
+            assert!(!g.allows(cap, "x:2"));
+        }
+        assert_eq!(g.expires_at, Some(100));
+        assert!(!g.anonymous);
+    }
+
+    #[test]
+    fn malformed_capability_claims_are_refused() {
+        for caps in [
+            serde_json::json!({"publish": ["a:*"]}),
+            serde_json::json!({"pub": "a:*"}),
+            serde_json::json!({"pub": ["a:b*"]}),
+            serde_json::json!(["a:*"]),
+        ] {
+            assert!(
+                matches!(grant_for(caps.clone()), Err(AuthError::Invalid(_))),
+                "{caps}"
+            );
+        }
+    }
+
+    #[test]
+    fn numeric_dates_round_towards_shorter_validity() {
+        assert_eq!(numeric_date(&serde_json::json!(10), Round::Down), Some(10));
+        assert_eq!(
+            numeric_date(&serde_json::json!(10.5), Round::Down),
+            Some(10)
+        );
+        assert_eq!(numeric_date(&serde_json::json!(10.5), Round::Up), Some(11));
+        assert_eq!(numeric_date(&serde_json::json!(-1), Round::Down), None);
+        assert_eq!(numeric_date(&serde_json::json!("10"), Round::Down), None);
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("45s").ok(), Some(45));
+        assert_eq!(parse_ttl("30m").ok(), Some(1800));
+        assert_eq!(parse_ttl("1h").ok(), Some(3600));
+        assert_eq!(parse_ttl("2d").ok(), Some(172_800));
+        assert_eq!(parse_ttl("1h30m").ok(), Some(5400));
+        assert_eq!(parse_ttl("90").ok(), Some(90));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "1x",
+            "1h30",
+            " 1h",
+            "-1h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_compares_content_and_length() {
+        assert!(constant_time_eq("key-123", "key-123"));
+        assert!(!constant_time_eq("key-123", "key-124"));
+        assert!(!constant_time_eq("key-123", "key-1234"));
+        assert!(!constant_time_eq("", "x"));
+        assert!(constant_time_eq("", ""));
+    }
+
+    #[test]
+    fn config_debug_hides_the_secret() {
+        let config = Config {
+            hs256_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(shown.contains("redacted"));
+        let verifier = Verifier::new(&config).expect("loads");
+        assert!(!format!("{verifier:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn config_defaults_and_toml_names() {
+        let config: Config = toml::from_str("allow_anonymous = true").expect("parses");
+        assert_eq!(config.leeway_secs, DEFAULT_LEEWAY_SECS);
+        assert_eq!(config.capabilities_claim, DEFAULT_CLAIM);
+        assert!(config.allow_anonymous);
+        assert!(toml::from_str::<Config>("hs265_secret = 'x'").is_err());
+        let full: Config = toml::from_str(
+            r#"
+            hs256_secret = "s"
+            public_key_files = ["a.pem", "b.pem"]
+            jwks_file = "keys.json"
+            issuer = "https://id.example"
+            audience = "edgegate"
+            leeway_secs = 2
+            capabilities_claim = "https://example.com/edgegate"
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(full.public_key_files.len(), 2);
+        assert_eq!(full.leeway_secs, 2);
     }
 }
