@@ -24,5 +24,9 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod client;
 pub mod hub;
 pub mod protocol;
+pub mod session;
+pub mod tls;
+pub mod transport;

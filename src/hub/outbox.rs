@@ -78,10 +78,13 @@ enum Slot {
 /// Why an outbox was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
-    /// The error to send (if the transport can) before closing.
+    /// The close code.
     pub code: ErrorCode,
     /// Readable reason.
     pub reason: String,
+    /// Send an `Error` frame with this code before closing (`false` when the last queued
+    /// frame already told the client, as `GoingAway` does).
+    pub send_error: bool,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +96,8 @@ struct State {
     /// Drops per lane not yet reported with a `Dropped` notice.
     dropped: HashMap<Lane, (Arc<str>, u64)>,
     closed: Option<Closed>,
+    /// Close once everything queued before it has been drained.
+    closing: Option<Closed>,
     /// A wake-up is pending: the writer has not drained since the last notify.
     woken: bool,
 }
@@ -141,6 +146,7 @@ impl Outbox {
                 "outbound queue over {} frames or {} bytes; reconnect and recover",
                 self.config.max_items, self.config.max_bytes
             ),
+            send_error: true,
         });
         s.queue.clear();
         s.latest.clear();
@@ -154,7 +160,7 @@ impl Outbox {
     /// Over capacity the outbox closes with `SlowConsumer`.
     pub fn push(&self, lane: Lane, frame: Bytes) -> Pushed {
         let mut s = self.state.lock();
-        if s.closed.is_some() {
+        if s.closed.is_some() || s.closing.is_some() {
             return Pushed::Closed;
         }
         if s.queue.len() >= self.config.max_items || s.bytes + frame.len() > self.config.max_bytes {
@@ -174,7 +180,7 @@ impl Outbox {
     /// Queues a `latest` message: replaces a queued value of the same (lane, key) in place.
     pub fn push_latest(&self, lane: Lane, channel: &Arc<str>, key: &Arc<str>, frame: Bytes) {
         let mut s = self.state.lock();
-        if s.closed.is_some() {
+        if s.closed.is_some() || s.closing.is_some() {
             return;
         }
         let k = (lane, key.clone());
@@ -200,7 +206,7 @@ impl Outbox {
     /// Queues a datagram, dropping the oldest queued one when full.
     pub fn push_datagram(&self, lane: Lane, channel: &Arc<str>, frame: Bytes) {
         let mut s = self.state.lock();
-        if s.closed.is_some() {
+        if s.closed.is_some() || s.closing.is_some() {
             return;
         }
         if s.datagrams.len() >= self.config.max_datagrams {
@@ -231,7 +237,7 @@ impl Outbox {
     /// Marks the subscription on `lane` finished (after its last frame).
     pub fn finish(&self, lane: Lane) {
         let mut s = self.state.lock();
-        if s.closed.is_some() {
+        if s.closed.is_some() || s.closing.is_some() {
             return;
         }
         s.queue.push_back(Slot::Finish(lane));
@@ -245,12 +251,31 @@ impl Outbox {
             s.closed = Some(Closed {
                 code,
                 reason: reason.into(),
+                send_error: true,
             });
             s.queue.clear();
             s.latest.clear();
             s.datagrams.clear();
             s.bytes = 0;
         }
+        self.wake(&mut s);
+    }
+
+    /// Queues `last` (bypassing capacity), then closes with `code` once the writer has
+    /// drained everything queued up to it. Later pushes are refused.
+    pub fn close_after(&self, last: &ServerFrame, code: ErrorCode, reason: impl Into<String>) {
+        let mut s = self.state.lock();
+        if s.closed.is_some() || s.closing.is_some() {
+            return;
+        }
+        let b = encode_server(last);
+        s.bytes += b.len();
+        s.queue.push_back(Slot::Frame(CONTROL, b));
+        s.closing = Some(Closed {
+            code,
+            reason: reason.into(),
+            send_error: false,
+        });
         self.wake(&mut s);
     }
 
@@ -272,7 +297,8 @@ impl Outbox {
 
     /// Moves up to `max` queued frames into `out` and every queued datagram into `datagrams`,
     /// in order, with `Dropped` notices first. Returns the close reason once the outbox is
-    /// closed (after which nothing more is ever queued).
+    /// closed (nothing was moved), or once a graceful close has drained its last frame (write
+    /// `out`, then close).
     pub fn drain(
         &self,
         out: &mut Vec<Item>,
@@ -315,8 +341,9 @@ impl Outbox {
             // More left than `max`: stay woken so the writer comes back.
             s.woken = true;
             self.notify.notify_one();
+            return None;
         }
-        None
+        s.closing.take().inspect(|c| s.closed = Some(c.clone()))
     }
 
     /// Waits until something may be queued or the outbox closed.
@@ -413,6 +440,23 @@ mod tests {
         drain(&o);
         o.push(0, Bytes::from_static(b"z"));
         assert!(o.ready().now_or_never().is_some());
+    }
+
+    #[test]
+    fn close_after_delivers_queued_frames_then_closes() {
+        let o = outbox(16, 2);
+        o.push(1, Bytes::from_static(b"a"));
+        o.close_after(
+            &ServerFrame::Ping { nonce: 1 },
+            ErrorCode::GoingAway,
+            "drain",
+        );
+        assert_eq!(o.push(1, Bytes::from_static(b"late")), Pushed::Closed);
+        let (items, _, closed) = drain(&o);
+        assert_eq!(items.len(), 2);
+        let c = closed.expect("closes after the last frame");
+        assert_eq!((c.code, c.send_error), (ErrorCode::GoingAway, false));
+        assert!(o.is_closed());
     }
 
     #[test]

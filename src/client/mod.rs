@@ -1,0 +1,895 @@
+//! Rust client: WebTransport, or WebSocket when asked (or when WebTransport fails with
+//! [`TransportChoice::Auto`]). Depends on `protocol` only, never on server modules.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use edgegate::client::{Client, Options};
+//! use edgegate::protocol::Mode;
+//! let mut c = Client::connect(Options::new("http://127.0.0.1:4433").dev_insecure()).await?;
+//! c.subscribe("chat:lobby", Default::default()).await?;
+//! c.publish("chat:lobby", Mode::Reliable, None, b"hi".to_vec()).await?;
+//! while let Some(ev) = c.next_event().await {
+//!     println!("{ev:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Replies are matched to requests by id; everything else arrives through
+//! [`Client::next_event`], in order per channel. Events are buffered up to
+//! [`EVENT_BUFFER`]; a client that stops reading stops reading the connection too, and the
+//! server eventually closes it as a slow consumer, exactly as for any other client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::protocol::{
+    ClientFrame, ErrorCode, Limits, Member, Message, Mode, PROTOCOL_VERSION, Position, ServerFrame,
+    SnapshotEntry, StreamDecoder, decode_server, encode_client, encode_with_prefix,
+};
+
+/// Events buffered between the connection and the application.
+pub const EVENT_BUFFER: usize = 16 * 1024;
+
+/// How long a request waits for its reply.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which transport to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// WebTransport, falling back to WebSocket if it fails.
+    Auto,
+    /// WebTransport only.
+    WebTransport,
+    /// WebSocket only.
+    WebSocket,
+}
+
+/// How the WebTransport server certificate is checked.
+#[derive(Debug, Clone)]
+pub enum CertCheck {
+    /// The system's root certificates.
+    System,
+    /// Pin the SHA-256 of the certificate (dev nodes serve it at `/cert.sha256`).
+    Sha256([u8; 32]),
+    /// No check at all: development only.
+    Insecure,
+}
+
+/// Connection options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Base URL of the node, `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// Credential (JWT), empty for anonymous.
+    pub token: String,
+    /// Transport.
+    pub transport: TransportChoice,
+    /// Certificate check for WebTransport.
+    pub cert: CertCheck,
+    /// Ask for every frame on the control stream.
+    pub single_stream: bool,
+    /// Name sent in `Hello`.
+    pub client_name: String,
+    /// Previous session id, to keep presence continuous.
+    pub resume: Option<String>,
+}
+
+impl Options {
+    /// Defaults for `url`: auto transport, system roots, anonymous.
+    pub fn new(url: impl Into<String>) -> Self {
+        Options {
+            url: url.into(),
+            token: String::new(),
+            transport: TransportChoice::Auto,
+            cert: CertCheck::System,
+            single_stream: false,
+            client_name: format!("edgegate-rs/{}", env!("CARGO_PKG_VERSION")),
+            resume: None,
+        }
+    }
+
+    /// Skips certificate checks (dev nodes with a self-signed certificate).
+    pub fn dev_insecure(mut self) -> Self {
+        self.cert = CertCheck::Insecure;
+        self
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+
+    /// Sets the transport.
+    pub fn transport(mut self, t: TransportChoice) -> Self {
+        self.transport = t;
+        self
+    }
+
+    /// Pins the server certificate by its hex SHA-256.
+    pub fn cert_sha256(mut self, hex_digest: &str) -> Result<Self, Error> {
+        let v = hex::decode(hex_digest.trim()).map_err(|e| Error::Config(e.to_string()))?;
+        let a: [u8; 32] = v
+            .try_into()
+            .map_err(|_| Error::Config("a SHA-256 is 32 bytes".into()))?;
+        self.cert = CertCheck::Sha256(a);
+        Ok(self)
+    }
+
+    fn parts(&self) -> Result<(bool, String), Error> {
+        let (secure, rest) = if let Some(r) = self.url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = self.url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(Error::Config(format!(
+                "url must start with http:// or https://: {}",
+                self.url
+            )));
+        };
+        Ok((secure, rest.trim_end_matches('/').to_string()))
+    }
+}
+
+/// A client error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad options.
+    #[error("config: {0}")]
+    Config(String),
+    /// Could not connect.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The server refused a request or closed the session.
+    #[error("server error {code}: {reason}")]
+    Server {
+        /// Error code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// The connection is gone.
+    #[error("connection closed")]
+    Closed,
+    /// No reply in time.
+    #[error("request timed out")]
+    Timeout,
+    /// The server sent something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => ErrorCode::from_code(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Something that happened on the connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A channel message.
+    Message(Message),
+    /// A channel snapshot (after subscribing).
+    Snapshot {
+        /// Channel.
+        channel: String,
+        /// Position it reflects.
+        position: Position,
+        /// Entries.
+        entries: Vec<SnapshotEntry>,
+    },
+    /// Presence join.
+    Join {
+        /// Channel.
+        channel: String,
+        /// Member.
+        member: Member,
+    },
+    /// Presence leave.
+    Leave {
+        /// Channel.
+        channel: String,
+        /// Member.
+        member: Member,
+    },
+    /// Messages dropped for this client (datagram/latest backpressure).
+    Dropped {
+        /// Channel.
+        channel: String,
+        /// How many.
+        count: u64,
+    },
+    /// The channel's history broke: resync.
+    Resync {
+        /// Channel.
+        channel: String,
+        /// New position.
+        position: Position,
+    },
+    /// The server ended a subscription.
+    Unsubscribed {
+        /// Channel.
+        channel: String,
+        /// Code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// The server is draining.
+    GoingAway {
+        /// Reason.
+        reason: String,
+        /// Where to reconnect.
+        reconnect_to: Option<String>,
+        /// Delay before reconnecting.
+        after_ms: u32,
+    },
+    /// The token expires soon.
+    TokenExpiring {
+        /// Grace period.
+        grace_ms: u32,
+    },
+    /// The connection ended (the last event).
+    Closed,
+    /// The server sent an error not tied to a request (fatal ones end the session).
+    Error {
+        /// Code.
+        code: u16,
+        /// Reason.
+        reason: String,
+        /// Session ends.
+        fatal: bool,
+    },
+}
+
+/// Result of a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Channel position at subscribe time.
+    pub position: Position,
+    /// Whether recovery covered the requested gap.
+    pub recovered: bool,
+}
+
+/// Subscribe options.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Resume after this position.
+    pub recover: Option<Position>,
+    /// Join presence with this info.
+    pub presence: Option<Bytes>,
+    /// Receive join/leave events.
+    pub presence_events: bool,
+}
+
+/// What the server said in `Welcome`.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    /// Session id.
+    pub session_id: String,
+    /// Node id.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u32,
+}
+
+enum Sender {
+    Wt {
+        conn: wtransport::Connection,
+        control: tokio::sync::Mutex<wtransport::SendStream>,
+    },
+    Ws(tokio::sync::Mutex<SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, WsMessage>>),
+}
+
+struct Inner {
+    sender: Sender,
+    pending: Mutex<HashMap<u32, oneshot::Sender<ServerFrame>>>,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+}
+
+impl Inner {
+    async fn send(&self, frame: &ClientFrame, datagram: bool) -> Result<(), Error> {
+        let body = encode_client(frame);
+        match &self.sender {
+            Sender::Wt { conn, control } => {
+                if datagram {
+                    return conn
+                        .send_datagram(&body)
+                        .map_err(|e| Error::Protocol(format!("datagram: {e}")));
+                }
+                control
+                    .lock()
+                    .await
+                    .write_all(&encode_with_prefix(&body))
+                    .await
+                    .map_err(|_| Error::Closed)
+            }
+            Sender::Ws(sink) => sink
+                .lock()
+                .await
+                .send(WsMessage::Binary(body))
+                .await
+                .map_err(|_| Error::Closed),
+        }
+    }
+
+    /// Routes one server frame: replies to their requests, pings answered, the rest to the
+    /// event queue (waiting for room: backpressure reaches the server).
+    async fn dispatch(&self, frame: ServerFrame) -> Result<(), ()> {
+        let (id, ev) = match frame {
+            ServerFrame::Ping { nonce } => {
+                let _ = self.send(&ClientFrame::Pong { nonce }, false).await;
+                return Ok(());
+            }
+            ServerFrame::Message(m) => (0, Some(Event::Message(m))),
+            ServerFrame::Snapshot {
+                channel,
+                position,
+                entries,
+            } => (
+                0,
+                Some(Event::Snapshot {
+                    channel,
+                    position,
+                    entries,
+                }),
+            ),
+            ServerFrame::Join { channel, member } => (0, Some(Event::Join { channel, member })),
+            ServerFrame::Leave { channel, member } => (0, Some(Event::Leave { channel, member })),
+            ServerFrame::Dropped { channel, count } => (0, Some(Event::Dropped { channel, count })),
+            ServerFrame::Resync { channel, position } => {
+                (0, Some(Event::Resync { channel, position }))
+            }
+            ServerFrame::Unsubscribed {
+                channel,
+                code,
+                reason,
+            } => (
+                0,
+                Some(Event::Unsubscribed {
+                    channel,
+                    code,
+                    reason,
+                }),
+            ),
+            ServerFrame::GoingAway {
+                reason,
+                reconnect_to,
+                after_ms,
+            } => (
+                0,
+                Some(Event::GoingAway {
+                    reason,
+                    reconnect_to,
+                    after_ms,
+                }),
+            ),
+            ServerFrame::TokenExpiring { grace_ms } => (0, Some(Event::TokenExpiring { grace_ms })),
+            ServerFrame::Error {
+                id: 0,
+                code,
+                reason,
+                fatal,
+            } => (
+                0,
+                Some(Event::Error {
+                    code,
+                    reason,
+                    fatal,
+                }),
+            ),
+            f @ (ServerFrame::Ok { id }
+            | ServerFrame::Subscribed { id, .. }
+            | ServerFrame::Published { id, .. }
+            | ServerFrame::PresenceList { id, .. }
+            | ServerFrame::HistoryPage { id, .. }
+            | ServerFrame::Error { id, .. }) => {
+                if let Some(tx) = self.pending.lock().remove(&id) {
+                    let _ = tx.send(f);
+                }
+                return Ok(());
+            }
+            ServerFrame::Pong { .. } | ServerFrame::Welcome { .. } => return Ok(()),
+        };
+        let _ = id;
+        match ev {
+            Some(e) => self.events.send(e).await.map_err(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A connection to an edgegate node.
+pub struct Client {
+    inner: Arc<Inner>,
+    events: mpsc::Receiver<Event>,
+    next_id: AtomicU32,
+    welcome: Welcome,
+    transport: TransportChoice,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.welcome.session_id)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Sender::Wt { conn, .. } = &self.inner.sender {
+            conn.close(wtransport::VarInt::from_u32(0), b"client dropped");
+        }
+    }
+}
+
+fn client_config(cert: &CertCheck) -> wtransport::ClientConfig {
+    let b = wtransport::ClientConfig::builder().with_bind_default();
+    let b = match cert {
+        CertCheck::System => b.with_native_certs(),
+        CertCheck::Sha256(h) => {
+            b.with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(*h)])
+        }
+        CertCheck::Insecure => b.with_no_cert_validation(),
+    };
+    b.keep_alive_interval(Some(Duration::from_secs(5))).build()
+}
+
+/// Strips the WebTransport quarter-stream-id varint from a raw QUIC datagram.
+fn strip_session_prefix(d: &[u8]) -> Option<&[u8]> {
+    let first = *d.first()?;
+    let len = 1usize << (first >> 6);
+    d.get(len..)
+}
+
+impl Client {
+    /// Connects and completes the handshake.
+    pub async fn connect(opts: Options) -> Result<Client, Error> {
+        match opts.transport {
+            TransportChoice::WebSocket => Self::connect_ws(&opts).await,
+            TransportChoice::WebTransport => Self::connect_wt(&opts).await,
+            TransportChoice::Auto => match Self::connect_wt(&opts).await {
+                Ok(c) => Ok(c),
+                Err(Error::Server { code, reason }) => Err(Error::Server { code, reason }),
+                Err(_) => Self::connect_ws(&opts).await,
+            },
+        }
+    }
+
+    /// The server's `Welcome`.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The transport in use (never `Auto`).
+    pub fn transport(&self) -> TransportChoice {
+        self.transport
+    }
+
+    fn hello(opts: &Options) -> ClientFrame {
+        ClientFrame::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: opts.token.clone(),
+            client_name: opts.client_name.clone(),
+            resume: opts.resume.clone(),
+            single_stream: opts.single_stream,
+        }
+    }
+
+    async fn connect_wt(opts: &Options) -> Result<Client, Error> {
+        let (_, hostport) = opts.parts()?;
+        let endpoint = wtransport::Endpoint::client(client_config(&opts.cert))
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let url = format!("https://{hostport}/wt");
+        let conn = tokio::time::timeout(REQUEST_TIMEOUT, endpoint.connect(&url))
+            .await
+            .map_err(|_| Error::Connect("WebTransport connect timed out".into()))?
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let inner = Arc::new(Inner {
+            sender: Sender::Wt {
+                conn: conn.clone(),
+                control: tokio::sync::Mutex::new(send),
+            },
+            pending: Mutex::new(HashMap::new()),
+            events: tx,
+            max_frame: 16 * 1024 * 1024,
+        });
+        inner.send(&Self::hello(opts), false).await?;
+        let (wtx, wrx) = oneshot::channel();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(read_stream(inner.clone(), recv, Some(wtx))));
+        // Server-opened streams, one per subscription.
+        let (i2, c2) = (inner.clone(), conn.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Ok(s) = c2.accept_uni().await {
+                tokio::spawn(read_stream(i2.clone(), s, None));
+            }
+        }));
+        // Datagrams, read through quinn directly (cheaper than wtransport's path).
+        let (i3, q) = (inner.clone(), conn.quic_connection().clone());
+        tasks.push(tokio::spawn(async move {
+            while let Ok(d) = q.read_datagram().await {
+                if let Some(body) = strip_session_prefix(&d)
+                    && let Ok(f) = decode_server(body, i3.max_frame)
+                    && i3.dispatch(f).await.is_err()
+                {
+                    break;
+                }
+            }
+        }));
+        let welcome = Self::await_welcome(wrx).await?;
+        // Keep the endpoint alive as long as the connection.
+        let _ = endpoint;
+        Ok(Client {
+            inner,
+            events: rx,
+            next_id: AtomicU32::new(1),
+            welcome,
+            transport: TransportChoice::WebTransport,
+            tasks,
+        })
+    }
+
+    async fn connect_ws(opts: &Options) -> Result<Client, Error> {
+        let (secure, hostport) = opts.parts()?;
+        let url = format!("{}://{hostport}/ws", if secure { "wss" } else { "ws" });
+        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| Error::Connect("WebSocket connect timed out".into()))?
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (sink, mut stream) = ws.split();
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let inner = Arc::new(Inner {
+            sender: Sender::Ws(tokio::sync::Mutex::new(sink)),
+            pending: Mutex::new(HashMap::new()),
+            events: tx,
+            max_frame: 16 * 1024 * 1024,
+        });
+        inner.send(&Self::hello(opts), false).await?;
+        let (wtx, wrx) = oneshot::channel();
+        let i2 = inner.clone();
+        let task = tokio::spawn(async move {
+            let mut welcome = Some(wtx);
+            while let Some(Ok(m)) = stream.next().await {
+                let b = match m {
+                    WsMessage::Binary(b) => b,
+                    WsMessage::Close(_) => break,
+                    _ => continue,
+                };
+                let Ok(f) = decode_server(&b, i2.max_frame) else {
+                    break;
+                };
+                if let Some(w) = welcome.take() {
+                    let _ = w.send(f);
+                    continue;
+                }
+                if i2.dispatch(f).await.is_err() {
+                    break;
+                }
+            }
+            let _ = i2.events.send(Event::Closed).await;
+        });
+        let welcome = Self::await_welcome(wrx).await?;
+        Ok(Client {
+            inner,
+            events: rx,
+            next_id: AtomicU32::new(1),
+            welcome,
+            transport: TransportChoice::WebSocket,
+            tasks: vec![task],
+        })
+    }
+
+    async fn await_welcome(rx: oneshot::Receiver<ServerFrame>) -> Result<Welcome, Error> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(ServerFrame::Welcome {
+                session_id,
+                node_id,
+                region,
+                limits,
+                heartbeat_ms,
+            })) => Ok(Welcome {
+                session_id,
+                node_id,
+                region,
+                limits,
+                heartbeat_ms,
+            }),
+            Ok(Ok(ServerFrame::Error { code, reason, .. })) => Err(Error::Server { code, reason }),
+            Ok(Ok(other)) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed).max(1)
+    }
+
+    async fn request(&self, id: u32, frame: ClientFrame) -> Result<ServerFrame, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().insert(id, tx);
+        if let Err(e) = self.inner.send(&frame, false).await {
+            self.inner.pending.lock().remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Err(_) => {
+                self.inner.pending.lock().remove(&id);
+                Err(Error::Timeout)
+            }
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(ServerFrame::Error { code, reason, .. })) => Err(Error::Server { code, reason }),
+            Ok(Ok(f)) => Ok(f),
+        }
+    }
+
+    /// Subscribes to a channel.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        opts: SubscribeOptions,
+    ) -> Result<Subscribed, Error> {
+        let id = self.id();
+        let f = ClientFrame::Subscribe {
+            id,
+            channel: channel.into(),
+            recover: opts.recover,
+            presence: opts.presence,
+            presence_events: opts.presence_events,
+        };
+        match self.request(id, f).await? {
+            ServerFrame::Subscribed {
+                position,
+                recovered,
+                ..
+            } => Ok(Subscribed {
+                position,
+                recovered,
+            }),
+            other => Err(Error::Protocol(format!(
+                "expected Subscribed, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Ends a subscription.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), Error> {
+        let id = self.id();
+        self.request(
+            id,
+            ClientFrame::Unsubscribe {
+                id,
+                channel: channel.into(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Publishes and waits for the position assigned.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        mode: Mode,
+        key: Option<&str>,
+        data: impl Into<Bytes>,
+    ) -> Result<Position, Error> {
+        let id = self.id();
+        let f = ClientFrame::Publish {
+            id,
+            channel: channel.into(),
+            mode,
+            key: key.map(str::to_string),
+            data: data.into(),
+        };
+        match self.request(id, f).await? {
+            ServerFrame::Published { position, .. } => Ok(position),
+            other => Err(Error::Protocol(format!(
+                "expected Published, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Publishes without waiting for a reply. `datagram` publishes over WebTransport go as a
+    /// QUIC datagram.
+    pub async fn publish_nowait(
+        &self,
+        channel: &str,
+        mode: Mode,
+        key: Option<&str>,
+        data: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let f = ClientFrame::Publish {
+            id: 0,
+            channel: channel.into(),
+            mode,
+            key: key.map(str::to_string),
+            data: data.into(),
+        };
+        self.inner.send(&f, mode == Mode::Datagram).await
+    }
+
+    /// A channel's presence members.
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, Error> {
+        let id = self.id();
+        match self
+            .request(
+                id,
+                ClientFrame::Presence {
+                    id,
+                    channel: channel.into(),
+                },
+            )
+            .await?
+        {
+            ServerFrame::PresenceList { members, .. } => Ok(members),
+            other => Err(Error::Protocol(format!(
+                "expected PresenceList, got {other:?}"
+            ))),
+        }
+    }
+
+    /// A page of history: `(position, complete, messages)`.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<(Position, bool, Vec<Message>), Error> {
+        let id = self.id();
+        let f = ClientFrame::History {
+            id,
+            channel: channel.into(),
+            since,
+            limit,
+        };
+        match self.request(id, f).await? {
+            ServerFrame::HistoryPage {
+                position,
+                complete,
+                messages,
+                ..
+            } => Ok((position, complete, messages)),
+            other => Err(Error::Protocol(format!(
+                "expected HistoryPage, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends raw bytes as one frame (tests of the server's bad-input handling).
+    pub async fn send_raw(&self, body: &[u8]) -> Result<(), Error> {
+        match &self.inner.sender {
+            Sender::Wt { control, .. } => control
+                .lock()
+                .await
+                .write_all(&encode_with_prefix(body))
+                .await
+                .map_err(|_| Error::Closed),
+            Sender::Ws(sink) => sink
+                .lock()
+                .await
+                .send(WsMessage::Binary(Bytes::copy_from_slice(body)))
+                .await
+                .map_err(|_| Error::Closed),
+        }
+    }
+
+    /// The next event; `None` once the connection is closed and every event was read.
+    ///
+    /// Cancel-safe.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        match &self.inner.sender {
+            Sender::Wt { conn, .. } => conn.close(wtransport::VarInt::from_u32(0), b"bye"),
+            Sender::Ws(sink) => {
+                let _ = sink.lock().await.close().await;
+            }
+        }
+    }
+}
+
+async fn read_stream(
+    inner: Arc<Inner>,
+    recv: wtransport::RecvStream,
+    welcome: Option<oneshot::Sender<ServerFrame>>,
+) {
+    let control = welcome.is_some();
+    read_frames(&inner, recv, welcome).await;
+    if control {
+        let _ = inner.events.send(Event::Closed).await;
+    }
+}
+
+async fn read_frames(
+    inner: &Inner,
+    mut recv: wtransport::RecvStream,
+    mut welcome: Option<oneshot::Sender<ServerFrame>>,
+) {
+    let mut dec = StreamDecoder::new(inner.max_frame);
+    let mut buf = BytesMut::zeroed(64 * 1024);
+    loop {
+        loop {
+            match dec.next_frame() {
+                Ok(Some(b)) => {
+                    let Ok(f) = decode_server(&b, inner.max_frame) else {
+                        return;
+                    };
+                    if let Some(w) = welcome.take() {
+                        let _ = w.send(f);
+                        continue;
+                    }
+                    if inner.dispatch(f).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => dec.extend(&buf[..n]),
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strips_varint_session_prefix() {
+        assert_eq!(
+            super::strip_session_prefix(&[0x00, 7, 8]),
+            Some(&[7u8, 8][..])
+        );
+        assert_eq!(
+            super::strip_session_prefix(&[0x40, 0x01, 9]),
+            Some(&[9u8][..])
+        );
+        assert_eq!(
+            super::strip_session_prefix(&[0x80, 0, 0, 1, 5]),
+            Some(&[5u8][..])
+        );
+        assert_eq!(super::strip_session_prefix(&[0x80, 0]), None);
+        assert_eq!(super::strip_session_prefix(&[]), None);
+    }
+}

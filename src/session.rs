@@ -1,0 +1,827 @@
+//! One client session, independent of the transport: handshake, authentication, requests,
+//! heartbeats, idle and token expiry, and the outbound writer loop.
+//!
+//! Talks to `hub`, `auth` and `protocol`; never names wtransport or axum types. A transport
+//! adapter supplies a [`FrameRead`] and a [`FrameWrite`] and calls [`run`].
+//!
+//! # Life of a session
+//!
+//! 1. [`run`] waits up to `handshake_timeout` for the first frame, which must be `Hello`.
+//! 2. The token is verified; the session is registered and gets `Welcome`.
+//! 3. Three loops run in one task until one ends: the reader (requests → hub, replies →
+//!    outbox), the writer (outbox → transport, coalesced) and the ticker (pings, idle and
+//!    token expiry).
+//! 4. A [`Guard`] removes the session's subscriptions and presence however it ends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tracing::{Instrument, debug, info_span};
+
+use crate::auth::{Cap, Grant, Verifier};
+use crate::hub::outbox::{CONTROL, Closed, Config as OutboxConfig};
+use crate::hub::{self, Hub, Item, Lane, Outbox, SessionRef};
+use crate::protocol::{
+    ClientFrame, DEFAULT_MAX_DATAGRAM_PAYLOAD, DEFAULT_MAX_FRAME, ErrorCode, Limits, Mode,
+    PROTOCOL_VERSION, ServerFrame, decode_client, encode_server,
+};
+
+/// Session settings (`[session]` in the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Largest frame accepted from a client, bytes.
+    pub max_frame: u32,
+    /// Largest `datagram` payload, bytes.
+    pub max_datagram_payload: u32,
+    /// Most subscriptions per session.
+    pub max_subscriptions: u32,
+    /// Publishes per second per session (token bucket rate).
+    pub publish_rate: u32,
+    /// Publish burst (token bucket depth).
+    pub publish_burst: u32,
+    /// Refused requests in a row (rate, permission) before the session is closed.
+    pub max_violations: u32,
+    /// Largest presence info, bytes.
+    pub max_presence_info: usize,
+    /// Seconds a client has to send `Hello`.
+    pub handshake_timeout_secs: u64,
+    /// Seconds between server pings.
+    pub heartbeat_secs: u64,
+    /// Seconds without any frame from the client before the session is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to `Refresh` after its token expired.
+    pub token_grace_secs: u64,
+    /// Frames moved from the outbox per write (coalesced into one write per stream).
+    pub write_batch: usize,
+    /// Outbound queue capacities.
+    pub outbox: OutboxConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame: DEFAULT_MAX_FRAME,
+            max_datagram_payload: DEFAULT_MAX_DATAGRAM_PAYLOAD,
+            // 128 channels covers a dashboard with many tickers; more is a client bug.
+            max_subscriptions: 128,
+            // 100/s sustained, 300 burst: a chat or an input stream, not a firehose; backends
+            // publish through the HTTP API instead.
+            publish_rate: 100,
+            publish_burst: 300,
+            max_violations: 50,
+            max_presence_info: 1024,
+            // 10 s: a TLS + HTTP/3 handshake takes a few RTTs; slow-loris holds less.
+            handshake_timeout_secs: 10,
+            heartbeat_secs: 15,
+            // Three missed heartbeats.
+            idle_timeout_secs: 45,
+            token_grace_secs: 30,
+            // 256 frames of ~100 bytes fill a few packets per write.
+            write_batch: 256,
+            outbox: OutboxConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The limits told to clients in `Welcome`.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            max_datagram_payload: self.max_datagram_payload,
+            max_subscriptions: self.max_subscriptions,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
+        }
+    }
+}
+
+/// Which transport carries a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// WebTransport over HTTP/3.
+    WebTransport,
+    /// WebSocket over HTTP/1.1.
+    WebSocket,
+}
+
+impl Kind {
+    /// Label for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::WebTransport => "webtransport",
+            Kind::WebSocket => "websocket",
+        }
+    }
+}
+
+/// A transport failed or the peer went away.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer broke framing rules.
+    #[error("{code}: {reason}")]
+    Protocol {
+        /// Error code to report.
+        code: ErrorCode,
+        /// Readable reason.
+        reason: String,
+    },
+    /// An I/O or QUIC error.
+    #[error("transport: {0}")]
+    Io(String),
+}
+
+/// The inbound half of a transport: yields frame bodies (prefix removed).
+pub trait FrameRead: Send {
+    /// The next frame, `Ok(None)` when the peer closed cleanly.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
+}
+
+/// The outbound half of a transport.
+pub trait FrameWrite: Send {
+    /// The client asked for every frame on the control stream (`Hello.single_stream`).
+    fn set_single_stream(&mut self) {}
+    /// Writes a batch: frames to their lanes (coalesced per lane), datagrams as datagrams
+    /// (or messages). Datagrams it cannot send are returned in `undeliverable` count.
+    fn write(
+        &mut self,
+        items: &[Item],
+        datagrams: &[Bytes],
+    ) -> impl Future<Output = Result<WriteReport, TransportError>> + Send;
+    /// Sends an error frame if asked, then closes with `code`.
+    fn close(
+        &mut self,
+        code: ErrorCode,
+        reason: &str,
+        error_frame: Option<Bytes>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// What a write could not do.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteReport {
+    /// Datagrams not sent (too large for the path, or the send buffer was full).
+    pub dropped_datagrams: u64,
+}
+
+/// Node identity told to clients.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// This node's id.
+    pub id: String,
+    /// This node's region.
+    pub region: String,
+}
+
+/// Everything sessions share: the hub, the verifier, settings, and the session registry.
+#[derive(Debug)]
+pub struct Shared {
+    /// The channel hub.
+    pub hub: Hub,
+    /// Token verifier.
+    pub verifier: Verifier,
+    /// Session settings.
+    pub config: Config,
+    /// Node identity.
+    pub node: Node,
+    next_id: AtomicU64,
+    registry: Mutex<HashMap<u64, Registered>>,
+}
+
+#[derive(Debug)]
+struct Registered {
+    outbox: Arc<Outbox>,
+    kind: Kind,
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(hub: Hub, verifier: Verifier, config: Config, node: Node) -> Arc<Self> {
+        Arc::new(Shared {
+            hub,
+            verifier,
+            config,
+            node,
+            next_id: AtomicU64::new(1),
+            registry: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.registry.lock().len()
+    }
+
+    /// Sessions open now by transport.
+    pub fn session_counts(&self) -> (usize, usize) {
+        let r = self.registry.lock();
+        let wt = r.values().filter(|s| s.kind == Kind::WebTransport).count();
+        (wt, r.len() - wt)
+    }
+
+    /// Tells every session to go away (drain, shutdown, or a forced reconnect), delivering
+    /// what is queued first. Returns how many were told.
+    pub fn going_away(&self, reason: &str, reconnect_to: Option<String>, after_ms: u32) -> usize {
+        let r = self.registry.lock();
+        let frame = ServerFrame::GoingAway {
+            reason: reason.to_string(),
+            reconnect_to,
+            after_ms,
+        };
+        for s in r.values() {
+            s.outbox.close_after(&frame, ErrorCode::GoingAway, reason);
+        }
+        r.len()
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Removes the session from the hub and the registry when it ends, however it ends.
+struct Guard {
+    shared: Arc<Shared>,
+    who: SessionRef,
+    kind: Kind,
+    subs: Arc<Mutex<HashMap<String, Lane>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for ch in self.subs.lock().keys() {
+            self.shared.hub.unsubscribe(self.who.id, ch);
+        }
+        self.shared.registry.lock().remove(&self.who.id);
+        let c = self.shared.hub.counters();
+        match self.kind {
+            Kind::WebTransport => c.sessions_wt.fetch_sub(1, Ordering::Relaxed),
+            Kind::WebSocket => c.sessions_ws.fetch_sub(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn fail(code: ErrorCode, reason: impl Into<String>) -> (ErrorCode, String) {
+    (code, reason.into())
+}
+
+/// Runs a session over a transport until it ends. Never panics on client input.
+pub async fn run<R: FrameRead, W: FrameWrite>(
+    shared: Arc<Shared>,
+    kind: Kind,
+    peer: String,
+    mut reader: R,
+    mut writer: W,
+) {
+    let span = info_span!("session", transport = kind.name(), %peer, sid = tracing::field::Empty, user = tracing::field::Empty);
+    async move {
+        let cfg = &shared.config;
+        let hello = tokio::time::timeout(
+            Duration::from_secs(cfg.handshake_timeout_secs),
+            reader.recv(),
+        )
+        .await;
+        let hello = match hello {
+            Err(_) => Err(fail(ErrorCode::HandshakeTimeout, "no Hello within the handshake timeout")),
+            Ok(Err(TransportError::Protocol { code, reason })) => Err((code, reason)),
+            Ok(Err(_)) | Ok(Ok(None)) => return,
+            Ok(Ok(Some(b))) => match decode_client(&b, cfg.max_frame as usize) {
+                Ok(ClientFrame::Hello {
+                    protocol_version,
+                    token,
+                    resume: _,
+                    single_stream,
+                    client_name,
+                }) => {
+                    if protocol_version != PROTOCOL_VERSION {
+                        Err(fail(
+                            ErrorCode::UnsupportedVersion,
+                            format!("protocol version {protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                        ))
+                    } else {
+                        shared
+                            .verifier
+                            .verify(&token, now_ms() / 1000)
+                            .map(|g| (g, client_name, single_stream))
+                            .map_err(|e| (e.code(), e.to_string()))
+                    }
+                }
+                Ok(_) => Err(fail(ErrorCode::UnexpectedFrame, "the first frame must be Hello")),
+                Err(e) => Err(fail(ErrorCode::Malformed, e.to_string())),
+            },
+        };
+        let (grant, client_name, single_stream) = match hello {
+            Ok(v) => v,
+            Err((code, reason)) => {
+                shared.hub.counters().handshake_failures.fetch_add(1, Ordering::Relaxed);
+                debug!(%code, %reason, "handshake refused");
+                let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
+                writer.close(code, &reason, Some(f)).await;
+                return;
+            }
+        };
+        if single_stream {
+            writer.set_single_stream();
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let who = SessionRef {
+            id,
+            sid: format!("{}-{id:x}", shared.node.id).into(),
+            user: grant.user.as_str().into(),
+        };
+        tracing::Span::current().record("sid", &*who.sid).record("user", &*who.user);
+        debug!(client = %client_name, "session open");
+        let outbox = Outbox::new(cfg.outbox.clone(), shared.hub.counters().clone());
+        {
+            let c = shared.hub.counters();
+            c.sessions_total.fetch_add(1, Ordering::Relaxed);
+            match kind {
+                Kind::WebTransport => c.sessions_wt.fetch_add(1, Ordering::Relaxed),
+                Kind::WebSocket => c.sessions_ws.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        shared.registry.lock().insert(
+            id,
+            Registered {
+                outbox: outbox.clone(),
+                kind,
+            },
+        );
+        let subs = Arc::new(Mutex::new(HashMap::new()));
+        let _guard = Guard {
+            shared: shared.clone(),
+            who: who.clone(),
+            kind,
+            subs: subs.clone(),
+        };
+        outbox.push_frame(
+            CONTROL,
+            &ServerFrame::Welcome {
+                session_id: who.sid.to_string(),
+                node_id: shared.node.id.clone(),
+                region: shared.node.region.clone(),
+                limits: cfg.limits(),
+                heartbeat_ms: (cfg.heartbeat_secs * 1000) as u32,
+            },
+        );
+        let last_rx = AtomicU64::new(now_ms());
+        let expires = AtomicU64::new(grant.expires_at.unwrap_or(u64::MAX));
+        let mut state = State {
+            shared: &shared,
+            who: &who,
+            outbox: &outbox,
+            grant,
+            subs: &subs,
+            next_lane: 1,
+            bucket: Bucket::new(cfg.publish_rate, cfg.publish_burst),
+            violations: 0,
+            expires: &expires,
+        };
+        let read_loop = async {
+            loop {
+                match reader.recv().await {
+                    Ok(Some(b)) => {
+                        last_rx.store(now_ms(), Ordering::Relaxed);
+                        if let Err((code, reason)) = state.handle(&b) {
+                            outbox.close(code, reason);
+                            // The writer sends the error and closes.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Ok(None) | Err(TransportError::Closed) => return,
+                    Err(TransportError::Protocol { code, reason }) => {
+                        outbox.close(code, reason);
+                        std::future::pending::<()>().await;
+                    }
+                    Err(TransportError::Io(e)) => {
+                        debug!(error = %e, "read failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let write_loop = async {
+            let mut items = Vec::with_capacity(cfg.write_batch);
+            let mut datagrams = Vec::new();
+            loop {
+                outbox.ready().await;
+                items.clear();
+                datagrams.clear();
+                let closed = outbox.drain(&mut items, &mut datagrams, cfg.write_batch);
+                if !items.is_empty() || !datagrams.is_empty() {
+                    match writer.write(&items, &datagrams).await {
+                        Ok(r) if r.dropped_datagrams > 0 => {
+                            shared
+                                .hub
+                                .counters()
+                                .dropped_datagram_send
+                                .fetch_add(r.dropped_datagrams, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            debug!(error = %e, "write failed");
+                            return;
+                        }
+                    }
+                }
+                if let Some(Closed { code, reason, send_error }) = closed {
+                    debug!(%code, %reason, "closing session");
+                    let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
+                    writer.close(code, &reason, f).await;
+                    return;
+                }
+            }
+        };
+        let tick_loop = async {
+            let hb = Duration::from_secs(cfg.heartbeat_secs.max(1));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
+            let mut warned = false;
+            let start = Instant::now();
+            loop {
+                tick.tick().await;
+                let now = now_ms();
+                if now.saturating_sub(last_rx.load(Ordering::Relaxed)) > cfg.idle_timeout_secs * 1000 {
+                    outbox.close(ErrorCode::IdleTimeout, "nothing received within the idle timeout");
+                    return std::future::pending::<()>().await;
+                }
+                let exp = expires.load(Ordering::Relaxed);
+                if exp != u64::MAX {
+                    let now_s = now / 1000;
+                    if now_s >= exp + cfg.token_grace_secs {
+                        outbox.close(ErrorCode::TokenExpired, "token expired and was not refreshed");
+                        return std::future::pending::<()>().await;
+                    }
+                    if now_s + cfg.heartbeat_secs >= exp && !warned {
+                        warned = true;
+                        let grace = (exp + cfg.token_grace_secs).saturating_sub(now_s) * 1000;
+                        outbox.push_frame(CONTROL, &ServerFrame::TokenExpiring { grace_ms: grace as u32 });
+                    } else if now_s + cfg.heartbeat_secs < exp {
+                        warned = false;
+                    }
+                }
+                let nonce = start.elapsed().as_micros() as u64;
+                outbox.push_frame(CONTROL, &ServerFrame::Ping { nonce });
+            }
+        };
+        tokio::select! {
+            _ = read_loop => {}
+            _ = write_loop => {}
+            _ = tick_loop => {}
+        }
+        debug!("session closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Token bucket for publishes.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Bucket {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct State<'a> {
+    shared: &'a Arc<Shared>,
+    who: &'a SessionRef,
+    outbox: &'a Arc<Outbox>,
+    grant: Grant,
+    subs: &'a Arc<Mutex<HashMap<String, Lane>>>,
+    next_lane: Lane,
+    bucket: Bucket,
+    violations: u32,
+    expires: &'a AtomicU64,
+}
+
+type Fatal = (ErrorCode, String);
+
+impl State<'_> {
+    fn allowed(&self, cap: Cap, channel: &str, policy: &hub::Policy) -> bool {
+        let anon = match cap {
+            Cap::Subscribe => policy.anonymous_subscribe,
+            Cap::Publish => policy.anonymous_publish,
+            Cap::Presence => policy.anonymous_presence,
+        };
+        anon || self.grant.allows(cap, channel)
+    }
+
+    /// Replies with an error; too many in a row closes the session.
+    fn refuse(&mut self, id: u32, code: ErrorCode, reason: impl Into<String>) -> Result<(), Fatal> {
+        self.shared
+            .hub
+            .counters()
+            .request_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.violations += 1;
+        let reason = reason.into();
+        if self.violations > self.shared.config.max_violations {
+            return Err((
+                code,
+                format!("{reason} ({} refused requests in a row)", self.violations),
+            ));
+        }
+        self.outbox
+            .push_frame(CONTROL, &ServerFrame::error(id, code, reason));
+        Ok(())
+    }
+
+    fn handle(&mut self, b: &[u8]) -> Result<(), Fatal> {
+        let cfg = &self.shared.config;
+        let frame = decode_client(b, cfg.max_frame as usize).map_err(|e| {
+            let code = match e {
+                crate::protocol::DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                _ => ErrorCode::Malformed,
+            };
+            (code, e.to_string())
+        })?;
+        let span = tracing::trace_span!("request", kind = frame_name(&frame));
+        let _e = span.enter();
+        let now = now_ms();
+        match frame {
+            ClientFrame::Hello { .. } => {
+                return Err(fail(ErrorCode::UnexpectedFrame, "Hello sent twice"));
+            }
+            ClientFrame::Ping { nonce } => {
+                self.outbox
+                    .push_frame(CONTROL, &ServerFrame::Pong { nonce });
+            }
+            ClientFrame::Pong { .. } => {}
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                recover,
+                presence,
+                presence_events,
+            } => {
+                let policy = match self.shared.hub.policy(&channel) {
+                    Ok(p) => p.clone(),
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                };
+                if !self.allowed(Cap::Subscribe, &channel, &policy) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to subscribe to {channel}"),
+                    );
+                }
+                if presence.is_some() && !self.allowed(Cap::Presence, &channel, &policy) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to join presence of {channel}"),
+                    );
+                }
+                if presence
+                    .as_ref()
+                    .is_some_and(|p| p.len() > cfg.max_presence_info)
+                {
+                    return self.refuse(
+                        id,
+                        ErrorCode::PresenceTooLarge,
+                        format!("presence info over {} bytes", cfg.max_presence_info),
+                    );
+                }
+                if self.subs.lock().len() >= cfg.max_subscriptions as usize {
+                    return self.refuse(
+                        id,
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "at most {} subscriptions per session",
+                            cfg.max_subscriptions
+                        ),
+                    );
+                }
+                let lane = self.next_lane;
+                let r = self.shared.hub.subscribe(
+                    hub::Subscribe {
+                        who: self.who,
+                        outbox: self.outbox,
+                        lane,
+                        id,
+                        channel: &channel,
+                        recover,
+                        presence,
+                        presence_events,
+                    },
+                    now,
+                );
+                match r {
+                    Ok(_) => {
+                        self.next_lane = self.next_lane.wrapping_add(1).max(1);
+                        self.subs.lock().insert(channel, lane);
+                    }
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                }
+            }
+            ClientFrame::Unsubscribe { id, channel } => {
+                let lane = self.subs.lock().remove(&channel);
+                match lane {
+                    Some(lane) => {
+                        self.shared.hub.unsubscribe(self.who.id, &channel);
+                        self.outbox.finish(lane);
+                        self.outbox.push_frame(CONTROL, &ServerFrame::Ok { id });
+                    }
+                    None => {
+                        return self.refuse(
+                            id,
+                            ErrorCode::NotSubscribed,
+                            format!("not subscribed to {channel}"),
+                        );
+                    }
+                }
+            }
+            ClientFrame::Publish {
+                id,
+                channel,
+                mode,
+                key,
+                data,
+            } => {
+                let policy = match self.shared.hub.policy(&channel) {
+                    Ok(p) => p.clone(),
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                };
+                if !self.allowed(Cap::Publish, &channel, &policy) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to publish to {channel}"),
+                    );
+                }
+                if !self.bucket.take(Instant::now()) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::RateLimited,
+                        format!("over {} publishes per second", cfg.publish_rate),
+                    );
+                }
+                if mode == Mode::Datagram && data.len() > cfg.max_datagram_payload as usize {
+                    return self.refuse(
+                        id,
+                        ErrorCode::DatagramTooLarge,
+                        format!(
+                            "datagram payload of {} bytes over {}",
+                            data.len(),
+                            cfg.max_datagram_payload
+                        ),
+                    );
+                }
+                let user = (!self.who.user.is_empty()).then_some(&*self.who.user);
+                let r = self.shared.hub.publish(
+                    hub::Publish {
+                        channel: &channel,
+                        mode,
+                        key: key.as_deref(),
+                        publisher: user,
+                        data,
+                    },
+                    now,
+                );
+                match r {
+                    Ok(position) => {
+                        if id != 0 {
+                            self.outbox
+                                .push_frame(CONTROL, &ServerFrame::Published { id, position });
+                        }
+                    }
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                }
+            }
+            ClientFrame::Presence { id, channel } => {
+                let policy = match self.shared.hub.policy(&channel) {
+                    Ok(p) => p.clone(),
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                };
+                if !self.allowed(Cap::Presence, &channel, &policy) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to read presence of {channel}"),
+                    );
+                }
+                match self.shared.hub.presence(&channel) {
+                    Ok(members) => {
+                        self.outbox.push_frame(
+                            CONTROL,
+                            &ServerFrame::PresenceList {
+                                id,
+                                channel,
+                                members,
+                            },
+                        );
+                    }
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                }
+            }
+            ClientFrame::History {
+                id,
+                channel,
+                since,
+                limit,
+            } => {
+                let policy = match self.shared.hub.policy(&channel) {
+                    Ok(p) => p.clone(),
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                };
+                if !self.allowed(Cap::Subscribe, &channel, &policy) {
+                    return self.refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("not allowed to read history of {channel}"),
+                    );
+                }
+                // Keep the page inside one frame: at most 100 messages.
+                let limit = (limit as usize).min(100);
+                match self.shared.hub.history(&channel, since, limit) {
+                    Ok((position, complete, messages)) => {
+                        self.outbox.push_frame(
+                            CONTROL,
+                            &ServerFrame::HistoryPage {
+                                id,
+                                channel,
+                                position,
+                                complete,
+                                messages,
+                            },
+                        );
+                    }
+                    Err(e) => return self.refuse(id, e.code, e.reason),
+                }
+            }
+            ClientFrame::Refresh { id, token } => {
+                match self.shared.verifier.verify(&token, now / 1000) {
+                    Ok(g) if g.user == self.grant.user => {
+                        self.expires
+                            .store(g.expires_at.unwrap_or(u64::MAX), Ordering::Relaxed);
+                        self.grant = g;
+                        self.outbox.push_frame(CONTROL, &ServerFrame::Ok { id });
+                    }
+                    Ok(_) => {
+                        return self.refuse(
+                            id,
+                            ErrorCode::Unauthorized,
+                            "a refreshed token must be for the same user",
+                        );
+                    }
+                    Err(e) => return self.refuse(id, e.code(), e.to_string()),
+                }
+            }
+        }
+        self.violations = 0;
+        Ok(())
+    }
+}
+
+fn frame_name(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Hello { .. } => "hello",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        ClientFrame::Publish { .. } => "publish",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Ping { .. } => "ping",
+        ClientFrame::Pong { .. } => "pong",
+        ClientFrame::Refresh { .. } => "refresh",
+    }
+}

@@ -1,0 +1,5 @@
+//! Transport adapters: each turns its connections into [`crate::session`] runs. They hold no
+//! business rules: anything both need belongs in `session`.
+
+pub mod websocket;
+pub mod webtransport;

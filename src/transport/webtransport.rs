@@ -1,0 +1,325 @@
+//! WebTransport (HTTP/3 over QUIC, `wtransport`) adapter: accepts sessions on `/wt` and runs
+//! each as a [`session`](crate::session). No business rules here.
+//!
+//! Per session: the client opens one bidirectional control stream; the server opens one
+//! unidirectional stream per subscription lane (unless the client asked for `single_stream`)
+//! and sends `datagram` messages as QUIC datagrams. Everything queued for a stream is written
+//! with one `write_all` per batch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+use wtransport::endpoint::IncomingSession;
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::quinn;
+use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
+
+use crate::hub::{Item, Lane};
+use crate::protocol::{ErrorCode, StreamDecoder, frame_len};
+use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
+
+/// UDP socket buffer asked for, bytes (8 MiB): with the 208 KB default, handshakes are lost
+/// under a connect burst. The kernel may grant less (`rmem_max`); the granted size is logged.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds the UDP socket (dual-stack when `addr` is `[::]`) with large buffers.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: a smaller grant still works, just with less burst tolerance.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    info!(
+        requested = UDP_BUFFER,
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Builds the server endpoint on an already bound socket.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    identity: Identity,
+    idle_timeout: Duration,
+) -> std::io::Result<Endpoint<Server>> {
+    let mut transport = quinn::TransportConfig::default();
+    // Clients open the control stream plus HTTP/3's three unidirectional streams; small
+    // limits keep quinn's per-connection stream tables small.
+    transport.max_concurrent_bidi_streams(4u32.into());
+    transport.max_concurrent_uni_streams(8u32.into());
+    transport.datagram_receive_buffer_size(Some(256 * 1024));
+    transport.datagram_send_buffer_size(1024 * 1024);
+    transport.max_idle_timeout(Some(
+        idle_timeout
+            .try_into()
+            .map_err(|_| std::io::Error::other("idle timeout too large"))?,
+    ));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    let config = ServerConfig::builder()
+        .with_bind_socket(socket)
+        .with_custom_transport(identity, transport)
+        .build();
+    Endpoint::server(config)
+}
+
+/// Accepts sessions until `shutdown`, spawning each on `tracker`.
+pub async fn serve(
+    endpoint: Arc<Endpoint<Server>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.cancelled() => break,
+        };
+        let shared = shared.clone();
+        tracker.spawn(handle(incoming, shared));
+    }
+}
+
+async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
+    let peer = incoming.remote_address();
+    let timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
+    let request = match tokio::time::timeout(timeout, incoming).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "QUIC/HTTP3 handshake failed");
+            shared
+                .hub
+                .counters()
+                .handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "QUIC/HTTP3 handshake timed out");
+            shared
+                .hub
+                .counters()
+                .handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+    };
+    if request.path() != "/wt" {
+        debug!(%peer, path = request.path(), "refused: not the WebTransport path");
+        request.not_found().await;
+        return;
+    }
+    let conn = match request.accept().await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%peer, error = %e, "session accept failed");
+            return;
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            shared
+                .hub
+                .counters()
+                .handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conn.close(
+                VarInt::from_u32(ErrorCode::HandshakeTimeout.code().into()),
+                b"no control stream",
+            );
+            return;
+        }
+    };
+    let max = shared.config.max_frame as usize;
+    let reader = Reader {
+        conn: conn.clone(),
+        recv,
+        decoder: StreamDecoder::new(max),
+        buf: vec![0; 16 * 1024],
+        max_datagram: max,
+    };
+    let writer = Writer {
+        conn: conn.clone(),
+        control: send,
+        lanes: HashMap::new(),
+        single_stream: false,
+        bufs: Vec::new(),
+    };
+    session::run(shared, Kind::WebTransport, peer.to_string(), reader, writer).await;
+    conn.close(VarInt::from_u32(0), b"");
+}
+
+struct Reader {
+    conn: Connection,
+    recv: RecvStream,
+    decoder: StreamDecoder,
+    buf: Vec<u8>,
+    max_datagram: usize,
+}
+
+fn framing_error(e: crate::protocol::DecodeError) -> TransportError {
+    let code = match e {
+        crate::protocol::DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::Malformed,
+    };
+    TransportError::Protocol {
+        code,
+        reason: e.to_string(),
+    }
+}
+
+impl FrameRead for Reader {
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        loop {
+            if let Some(f) = self.decoder.next_frame().map_err(framing_error)? {
+                return Ok(Some(f));
+            }
+            tokio::select! {
+                r = self.recv.read(&mut self.buf) => match r {
+                    Ok(Some(n)) => self.decoder.extend(&self.buf[..n]),
+                    Ok(None) => {
+                        if self.decoder.buffered() > 0 {
+                            return Err(TransportError::Protocol {
+                                code: ErrorCode::Malformed,
+                                reason: "control stream ended inside a frame".into(),
+                            });
+                        }
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(TransportError::Io(e.to_string())),
+                },
+                d = self.conn.receive_datagram() => match d {
+                    Ok(d) => {
+                        let p = d.payload();
+                        if p.is_empty() || p.len() > self.max_datagram {
+                            // A bad datagram is dropped, not fatal: datagrams are best effort.
+                            continue;
+                        }
+                        return Ok(Some(p));
+                    }
+                    Err(e) => return Err(TransportError::Io(e.to_string())),
+                },
+            }
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    control: SendStream,
+    lanes: HashMap<Lane, SendStream>,
+    single_stream: bool,
+    /// Per-lane write buffers reused across batches.
+    bufs: Vec<(Lane, BytesMut)>,
+}
+
+fn io(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Io(e.to_string())
+}
+
+impl FrameWrite for Writer {
+    fn set_single_stream(&mut self) {
+        self.single_stream = true;
+    }
+
+    async fn write(
+        &mut self,
+        items: &[Item],
+        datagrams: &[Bytes],
+    ) -> Result<WriteReport, TransportError> {
+        for (_, b) in &mut self.bufs {
+            b.clear();
+        }
+        let mut finished = Vec::new();
+        for item in items {
+            match item {
+                Item::Frame(lane, frame) => {
+                    let lane = if self.single_stream { 0 } else { *lane };
+                    let buf = match self.bufs.iter().position(|(l, _)| *l == lane) {
+                        Some(i) => &mut self.bufs[i].1,
+                        None => {
+                            self.bufs.push((lane, BytesMut::new()));
+                            &mut self.bufs.last_mut().expect("invariant: just pushed").1
+                        }
+                    };
+                    buf.extend_from_slice(&frame_len(frame.len()));
+                    buf.extend_from_slice(frame);
+                }
+                Item::Finish(lane) => finished.push(*lane),
+            }
+        }
+        for (lane, buf) in &self.bufs {
+            if buf.is_empty() {
+                continue;
+            }
+            let stream = if *lane == 0 {
+                &mut self.control
+            } else {
+                match self.lanes.entry(*lane) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let s = self.conn.open_uni().await.map_err(io)?.await.map_err(io)?;
+                        v.insert(s)
+                    }
+                }
+            };
+            stream.write_all(buf).await.map_err(io)?;
+        }
+        // Forget buffers of lanes that went quiet so an idle session holds no memory.
+        self.bufs.retain(|(l, b)| *l == 0 || !b.is_empty());
+        for lane in finished {
+            if let Some(mut s) = self.lanes.remove(&lane) {
+                let _ = s.finish().await;
+            }
+            self.bufs.retain(|(l, _)| *l != lane);
+        }
+        let mut report = WriteReport::default();
+        for d in datagrams {
+            if self.conn.send_datagram(d).is_err() {
+                report.dropped_datagrams += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str, error_frame: Option<Bytes>) {
+        if let Some(f) = error_frame {
+            let mut b = BytesMut::with_capacity(f.len() + 4);
+            b.extend_from_slice(&frame_len(f.len()));
+            b.extend_from_slice(&f);
+            let _ = self.control.write_all(&b).await;
+        }
+        let _ = self.control.finish().await;
+        // Give the peer up to a second to receive the last frames before the close discards
+        // anything unacknowledged.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.control.quic_stream_mut().stopped(),
+        )
+        .await;
+        self.conn
+            .close(VarInt::from_u32(code.code().into()), reason.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn binds_dual_stack_with_buffers() {
+        let s = super::bind_udp("[::]:0".parse().expect("addr")).expect("bind");
+        assert!(s.local_addr().expect("addr").port() > 0);
+    }
+}
