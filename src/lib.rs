@@ -23,10 +23,14 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod client;
+pub mod config;
+pub mod gateway;
 pub mod hub;
 pub mod protocol;
 pub mod session;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;

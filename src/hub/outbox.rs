@@ -107,6 +107,7 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    closed_notify: Notify,
     config: Config,
     counters: Arc<Counters>,
 }
@@ -126,6 +127,7 @@ impl Outbox {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            closed_notify: Notify::new(),
             config,
             counters,
         })
@@ -259,6 +261,7 @@ impl Outbox {
             s.bytes = 0;
         }
         self.wake(&mut s);
+        self.closed_notify.notify_waiters();
     }
 
     /// Queues `last` (bypassing capacity), then closes with `code` once the writer has
@@ -344,6 +347,21 @@ impl Outbox {
             return None;
         }
         s.closing.take().inspect(|c| s.closed = Some(c.clone()))
+    }
+
+    /// Resolves once the outbox is closed (not by a graceful `close_after` still draining).
+    /// The writer races its writes against this, so a peer that stops reading cannot keep
+    /// a closed session alive.
+    pub async fn closed(&self) {
+        loop {
+            let n = self.closed_notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            n.await;
+        }
     }
 
     /// Waits until something may be queued or the outbox closed.
@@ -473,5 +491,21 @@ mod tests {
         out.clear();
         o.drain(&mut out, &mut Vec::new(), 3);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn closed_resolves_on_hard_close_only() {
+        let o = outbox(4, 4);
+        o.close_after(&ServerFrame::Ping { nonce: 1 }, ErrorCode::GoingAway, "bye");
+        assert!(
+            o.closed().now_or_never().is_none(),
+            "graceful close still drains"
+        );
+        let o = outbox(4, 4);
+        let waiting = o.closed();
+        futures::pin_mut!(waiting);
+        assert!(waiting.as_mut().now_or_never().is_none());
+        o.close(ErrorCode::SlowConsumer, "full");
+        assert!(waiting.now_or_never().is_some());
     }
 }

@@ -14,7 +14,7 @@ pub const LEN_PREFIX: usize = 4;
 /// bincode checks every length field against this before allocating, so a 10-byte frame that
 /// claims a 2^40-byte string fails instead of aborting the process. It sits above any sane
 /// `max_frame`, which `config` caps at 4 MiB.
-const DECODE_LIMIT: usize = 8 * 1024 * 1024;
+pub const DECODE_LIMIT: usize = 8 * 1024 * 1024;
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_LIMIT>()

@@ -56,8 +56,8 @@ mod error;
 mod frames;
 
 pub use codec::{
-    DecodeError, EncodeError, LEN_PREFIX, StreamDecoder, decode_client, decode_peer, decode_server,
-    encode_client, encode_peer, encode_server, encode_with_prefix, frame_len,
+    DECODE_LIMIT, DecodeError, EncodeError, LEN_PREFIX, StreamDecoder, decode_client, decode_peer,
+    decode_server, encode_client, encode_peer, encode_server, encode_with_prefix, frame_len,
 };
 pub use error::ErrorCode;
 pub use frames::*;

@@ -296,19 +296,19 @@ impl FrameWrite for Writer {
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str, error_frame: Option<Bytes>) {
-        if let Some(f) = error_frame {
-            let mut b = BytesMut::with_capacity(f.len() + 4);
-            b.extend_from_slice(&frame_len(f.len()));
-            b.extend_from_slice(&f);
-            let _ = self.control.write_all(&b).await;
-        }
-        let _ = self.control.finish().await;
-        // Give the peer up to a second to receive the last frames before the close discards
-        // anything unacknowledged.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.control.quic_stream_mut().stopped(),
-        )
+        // Send the last frames and give the peer up to a second to receive them before the
+        // close discards anything unacknowledged; a peer that does not read gets no longer.
+        let control = &mut self.control;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async move {
+            if let Some(f) = error_frame {
+                let mut b = BytesMut::with_capacity(f.len() + 4);
+                b.extend_from_slice(&frame_len(f.len()));
+                b.extend_from_slice(&f);
+                let _ = control.write_all(&b).await;
+            }
+            let _ = control.finish().await;
+            let _ = control.quic_stream_mut().stopped().await;
+        })
         .await;
         self.conn
             .close(VarInt::from_u32(code.code().into()), reason.as_bytes());

@@ -17,91 +17,22 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use tracing::{Instrument, debug, info_span};
 
-use crate::auth::{Cap, Grant, Verifier};
-use crate::hub::outbox::{CONTROL, Closed, Config as OutboxConfig};
-use crate::hub::{self, Hub, Item, Lane, Outbox, SessionRef};
+use crate::auth::{Cap, Grant};
+
+mod shared;
+use crate::hub::outbox::{CONTROL, Closed};
+use crate::hub::{self, Item, Lane, Outbox, SessionRef};
 use crate::protocol::{
-    ClientFrame, DEFAULT_MAX_DATAGRAM_PAYLOAD, DEFAULT_MAX_FRAME, ErrorCode, Limits, Mode,
-    PROTOCOL_VERSION, ServerFrame, decode_client, encode_server,
+    ClientFrame, ErrorCode, Mode, PROTOCOL_VERSION, ServerFrame, decode_client, encode_server,
 };
-
-/// Session settings (`[session]` in the config file).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Largest frame accepted from a client, bytes.
-    pub max_frame: u32,
-    /// Largest `datagram` payload, bytes.
-    pub max_datagram_payload: u32,
-    /// Most subscriptions per session.
-    pub max_subscriptions: u32,
-    /// Publishes per second per session (token bucket rate).
-    pub publish_rate: u32,
-    /// Publish burst (token bucket depth).
-    pub publish_burst: u32,
-    /// Refused requests in a row (rate, permission) before the session is closed.
-    pub max_violations: u32,
-    /// Largest presence info, bytes.
-    pub max_presence_info: usize,
-    /// Seconds a client has to send `Hello`.
-    pub handshake_timeout_secs: u64,
-    /// Seconds between server pings.
-    pub heartbeat_secs: u64,
-    /// Seconds without any frame from the client before the session is closed.
-    pub idle_timeout_secs: u64,
-    /// Seconds a client has to `Refresh` after its token expired.
-    pub token_grace_secs: u64,
-    /// Frames moved from the outbox per write (coalesced into one write per stream).
-    pub write_batch: usize,
-    /// Outbound queue capacities.
-    pub outbox: OutboxConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_frame: DEFAULT_MAX_FRAME,
-            max_datagram_payload: DEFAULT_MAX_DATAGRAM_PAYLOAD,
-            // 128 channels covers a dashboard with many tickers; more is a client bug.
-            max_subscriptions: 128,
-            // 100/s sustained, 300 burst: a chat or an input stream, not a firehose; backends
-            // publish through the HTTP API instead.
-            publish_rate: 100,
-            publish_burst: 300,
-            max_violations: 50,
-            max_presence_info: 1024,
-            // 10 s: a TLS + HTTP/3 handshake takes a few RTTs; slow-loris holds less.
-            handshake_timeout_secs: 10,
-            heartbeat_secs: 15,
-            // Three missed heartbeats.
-            idle_timeout_secs: 45,
-            token_grace_secs: 30,
-            // 256 frames of ~100 bytes fill a few packets per write.
-            write_batch: 256,
-            outbox: OutboxConfig::default(),
-        }
-    }
-}
-
-impl Config {
-    /// The limits told to clients in `Welcome`.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_frame: self.max_frame,
-            max_datagram_payload: self.max_datagram_payload,
-            max_subscriptions: self.max_subscriptions,
-            publish_rate: self.publish_rate,
-            publish_burst: self.publish_burst,
-        }
-    }
-}
+use shared::Registered;
+pub use shared::{Config, Node, Shared, now_ms};
 
 /// Which transport carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,85 +106,6 @@ pub struct WriteReport {
     pub dropped_datagrams: u64,
 }
 
-/// Node identity told to clients.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// This node's id.
-    pub id: String,
-    /// This node's region.
-    pub region: String,
-}
-
-/// Everything sessions share: the hub, the verifier, settings, and the session registry.
-#[derive(Debug)]
-pub struct Shared {
-    /// The channel hub.
-    pub hub: Hub,
-    /// Token verifier.
-    pub verifier: Verifier,
-    /// Session settings.
-    pub config: Config,
-    /// Node identity.
-    pub node: Node,
-    next_id: AtomicU64,
-    registry: Mutex<HashMap<u64, Registered>>,
-}
-
-#[derive(Debug)]
-struct Registered {
-    outbox: Arc<Outbox>,
-    kind: Kind,
-}
-
-impl Shared {
-    /// Builds the shared state.
-    pub fn new(hub: Hub, verifier: Verifier, config: Config, node: Node) -> Arc<Self> {
-        Arc::new(Shared {
-            hub,
-            verifier,
-            config,
-            node,
-            next_id: AtomicU64::new(1),
-            registry: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Sessions open now.
-    pub fn session_count(&self) -> usize {
-        self.registry.lock().len()
-    }
-
-    /// Sessions open now by transport.
-    pub fn session_counts(&self) -> (usize, usize) {
-        let r = self.registry.lock();
-        let wt = r.values().filter(|s| s.kind == Kind::WebTransport).count();
-        (wt, r.len() - wt)
-    }
-
-    /// Tells every session to go away (drain, shutdown, or a forced reconnect), delivering
-    /// what is queued first. Returns how many were told.
-    pub fn going_away(&self, reason: &str, reconnect_to: Option<String>, after_ms: u32) -> usize {
-        let r = self.registry.lock();
-        let frame = ServerFrame::GoingAway {
-            reason: reason.to_string(),
-            reconnect_to,
-            after_ms,
-        };
-        for s in r.values() {
-            s.outbox.close_after(&frame, ErrorCode::GoingAway, reason);
-        }
-        r.len()
-    }
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Removes the session from the hub and the registry when it ends, however it ends.
 struct Guard {
     shared: Arc<Shared>,
@@ -267,7 +119,7 @@ impl Drop for Guard {
         for ch in self.subs.lock().keys() {
             self.shared.hub.unsubscribe(self.who.id, ch);
         }
-        self.shared.registry.lock().remove(&self.who.id);
+        self.shared.unregister(self.who.id);
         let c = self.shared.hub.counters();
         match self.kind {
             Kind::WebTransport => c.sessions_wt.fetch_sub(1, Ordering::Relaxed),
@@ -279,6 +131,9 @@ impl Drop for Guard {
 fn fail(code: ErrorCode, reason: impl Into<String>) -> (ErrorCode, String) {
     (code, reason.into())
 }
+
+/// Longest a transport may take to send the last frames and close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session over a transport until it ends. Never panics on client input.
 pub async fn run<R: FrameRead, W: FrameWrite>(
@@ -424,7 +279,25 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 datagrams.clear();
                 let closed = outbox.drain(&mut items, &mut datagrams, cfg.write_batch);
                 if !items.is_empty() || !datagrams.is_empty() {
-                    match writer.write(&items, &datagrams).await {
+                    // A peer that stops reading blocks the write; once the outbox overflows
+                    // (or anything else closes it) the write is abandoned.
+                    let written = tokio::select! {
+                        r = writer.write(&items, &datagrams) => Some(r),
+                        _ = outbox.closed() => None,
+                    };
+                    let Some(written) = written else {
+                        items.clear();
+                        datagrams.clear();
+                        if let Some(Closed { code, reason, send_error }) =
+                            outbox.drain(&mut items, &mut datagrams, 0)
+                        {
+                            debug!(%code, %reason, "closing session while a write was blocked");
+                            let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, f)).await;
+                        }
+                        return;
+                    };
+                    match written {
                         Ok(r) if r.dropped_datagrams > 0 => {
                             shared
                                 .hub
@@ -442,7 +315,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 if let Some(Closed { code, reason, send_error }) = closed {
                     debug!(%code, %reason, "closing session");
                     let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                    writer.close(code, &reason, f).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, f)).await;
                     return;
                 }
             }
