@@ -39,11 +39,11 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
     }
     let mut child = cmd.spawn().expect("spawn edgegate");
     let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if line.starts_with("ready ") {
-                let _ = tx.send(line);
+                let _ = tx.try_send(line);
             }
         }
     });
