@@ -85,6 +85,7 @@ impl Gateway {
             key: api_key,
             cert_sha256: RwLock::new(cert_sha256),
             ready: AtomicBool::new(true),
+            metrics: RwLock::new(Vec::new()),
         });
         Ok(Gateway {
             config,

@@ -6,6 +6,7 @@
 //! | GET | `/healthz` | 200 while the process runs |
 //! | GET | `/readyz` | 200 when accepting sessions, 503 while draining |
 //! | GET | `/cert.sha256` | hex SHA-256 of the WebTransport certificate |
+//! | GET | `/metrics` | Prometheus text format |
 //! | POST | `/api/publish` | `{channel, data \| data_b64, mode?, key?}` → `{epoch, offset}` |
 //! | GET | `/api/channels` | channels with subscribers, presence, position |
 //! | GET | `/api/channels/{name}/presence` | members |
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub cert_sha256: RwLock<String>,
     /// False while draining.
     pub ready: AtomicBool,
+    /// More series for `/metrics` (the mesh registers its own).
+    pub metrics: RwLock<Vec<Arc<dyn crate::telemetry::metrics::MetricsSource>>>,
 }
 
 /// The HTTP routes (without `/ws`, which the transport adds).
@@ -58,6 +61,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/cert.sha256", get(cert_sha256))
+        .route("/metrics", get(metrics))
         .route("/api/publish", post(publish))
         .route("/api/channels", get(channels))
         .route("/api/channels/{name}/presence", get(presence))
@@ -151,6 +155,20 @@ async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     }
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
+    let extra = s.metrics.read().clone();
+    let body =
+        crate::telemetry::metrics::render(&s.shared, !s.ready.load(Ordering::Relaxed), &extra);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn cert_sha256(State(s): State<Arc<ApiState>>) -> Response {

@@ -251,9 +251,14 @@ impl Channel {
                 }
             }
         }
-        counters
-            .deliveries
-            .fetch_add(self.subs.len() as u64, Ordering::Relaxed);
+        let n = self.subs.len() as u64;
+        counters.deliveries.fetch_add(n, Ordering::Relaxed);
+        match mode {
+            Mode::Reliable => &counters.deliveries_reliable,
+            Mode::Datagram => &counters.deliveries_datagram,
+            Mode::Latest => &counters.deliveries_latest,
+        }
+        .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Sends a presence event to the subscribers that asked for them, except `except`.

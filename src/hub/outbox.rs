@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -100,6 +101,8 @@ struct State {
     closing: Option<Closed>,
     /// A wake-up is pending: the writer has not drained since the last notify.
     woken: bool,
+    /// When the first frame not yet drained was queued (for the latency histogram).
+    since: Option<Instant>,
 }
 
 /// A session's outbound queue. Shared by the hub (producer) and the session writer (consumer).
@@ -136,6 +139,7 @@ impl Outbox {
     fn wake(&self, s: &mut State) {
         if !s.woken {
             s.woken = true;
+            s.since.get_or_insert_with(Instant::now);
             self.notify.notify_one();
         }
     }
@@ -292,6 +296,12 @@ impl Outbox {
         self.state.lock().queue.len()
     }
 
+    /// Queued frames and bytes (for the queue-depth gauges).
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.queue.len() + s.datagrams.len(), s.bytes)
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         let s = self.state.lock();
@@ -324,6 +334,11 @@ impl Outbox {
         }
         datagrams.extend(s.datagrams.drain(..));
         let n = s.queue.len().min(max);
+        if let Some(t) = s.since.take()
+            && (n > 0 || !datagrams.is_empty())
+        {
+            self.counters.deliver_latency.observe(t.elapsed());
+        }
         for _ in 0..n {
             let slot = s.queue.pop_front().expect("invariant: n <= len");
             match slot {

@@ -183,7 +183,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
         let (grant, client_name, single_stream) = match hello {
             Ok(v) => v,
             Err((code, reason)) => {
-                shared.hub.counters().handshake_failures.fetch_add(1, Ordering::Relaxed);
+                shared.hub.counters().handshake_failed(code.name());
                 debug!(%code, %reason, "handshake refused");
                 let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
                 writer.close(code, &reason, Some(f)).await;
@@ -206,8 +206,14 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             let c = shared.hub.counters();
             c.sessions_total.fetch_add(1, Ordering::Relaxed);
             match kind {
-                Kind::WebTransport => c.sessions_wt.fetch_add(1, Ordering::Relaxed),
-                Kind::WebSocket => c.sessions_ws.fetch_add(1, Ordering::Relaxed),
+                Kind::WebTransport => {
+                    c.sessions_wt.fetch_add(1, Ordering::Relaxed);
+                    c.sessions_total_wt.fetch_add(1, Ordering::Relaxed)
+                }
+                Kind::WebSocket => {
+                    c.sessions_ws.fetch_add(1, Ordering::Relaxed);
+                    c.sessions_total_ws.fetch_add(1, Ordering::Relaxed)
+                }
             };
         }
         shared.registry.lock().insert(

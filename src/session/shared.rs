@@ -147,6 +147,15 @@ impl Shared {
         (wt, r.len() - wt)
     }
 
+    /// Frames and bytes queued in every session's outbox.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        self.registry
+            .lock()
+            .values()
+            .map(|r| r.outbox.depth())
+            .fold((0, 0), |(f, b), (f2, b2)| (f + f2, b + b2))
+    }
+
     /// Removes a session from the registry (its guard calls this when it ends).
     pub(super) fn unregister(&self, id: u64) {
         let mut r = self.registry.lock();

@@ -99,11 +99,7 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "QUIC/HTTP3 handshake failed");
-            shared
-                .hub
-                .counters()
-                .handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.hub.counters().handshake_failed("quic_handshake");
             return;
         }
         Err(_) => {
@@ -111,13 +107,13 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
             shared
                 .hub
                 .counters()
-                .handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .handshake_failed("quic_handshake_timeout");
             return;
         }
     };
     if request.path() != "/wt" {
         debug!(%peer, path = request.path(), "refused: not the WebTransport path");
+        shared.hub.counters().handshake_failed("wrong_path");
         request.not_found().await;
         return;
     }
@@ -131,11 +127,7 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
     let (send, recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         _ => {
-            shared
-                .hub
-                .counters()
-                .handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.hub.counters().handshake_failed("no_control_stream");
             conn.close(
                 VarInt::from_u32(ErrorCode::HandshakeTimeout.code().into()),
                 b"no control stream",

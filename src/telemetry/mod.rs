@@ -1,4 +1,7 @@
-//! Logging set-up: human or JSON lines on stderr, filtered by `RUST_LOG` or `[log] filter`.
+//! Observability: logging set-up (human or JSON lines on stderr, filtered by `RUST_LOG` or
+//! `[log] filter`) and Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt;
