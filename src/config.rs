@@ -188,13 +188,25 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// Seconds to wait for sessions to leave after `GoingAway` before exiting anyway.
+    /// Seconds from the start of a drain until the node exits, whoever is left.
     pub deadline_secs: u64,
+    /// Seconds over which `GoingAway` is spread across the open sessions (lame duck), so
+    /// their reconnects do not hit the other nodes at once. Must be below `deadline_secs`.
+    pub lame_duck_secs: u64,
+    /// Where drained clients are told to reconnect (a URL of another node of the region).
+    /// Unset: the mesh's choice if it knows one, else none (clients reconnect to the same
+    /// name and DNS sends them elsewhere).
+    pub reconnect_to: Option<String>,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { deadline_secs: 10 }
+        ShutdownConfig {
+            // Kubernetes' default grace period is 30 s; leave room after the deadline.
+            deadline_secs: 20,
+            lame_duck_secs: 10,
+            reconnect_to: None,
+        }
     }
 }
 
@@ -308,6 +320,12 @@ impl Config {
             if v == 0 {
                 return Err(err(format!("{key}: must be greater than 0")));
             }
+        }
+        if self.shutdown.lame_duck_secs >= self.shutdown.deadline_secs {
+            return Err(err(format!(
+                "shutdown.lame_duck_secs: {} must be below shutdown.deadline_secs ({})",
+                self.shutdown.lame_duck_secs, self.shutdown.deadline_secs
+            )));
         }
         if s.idle_timeout_secs <= s.heartbeat_secs {
             return Err(err(format!(

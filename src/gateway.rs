@@ -86,6 +86,7 @@ impl Gateway {
             cert_sha256: RwLock::new(cert_sha256),
             ready: AtomicBool::new(true),
             metrics: RwLock::new(Vec::new()),
+            drain: CancellationToken::new(),
         });
         Ok(Gateway {
             config,
@@ -178,18 +179,28 @@ impl Gateway {
             "edgegate serving WebTransport (UDP) and WebSocket + HTTP (TCP)"
         );
 
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => info!("drain: shutdown requested"),
+            _ = api.drain.cancelled() => info!("drain: requested over the API"),
+        }
+        // Drain: not ready, new sessions sent away, open ones told to go spread over the
+        // lame-duck window, exit when empty or at the deadline.
         api.ready.store(false, std::sync::atomic::Ordering::Relaxed);
-        let told = shared.going_away("node shutting down", None, 0);
-        info!(sessions = told, "shutting down: sessions told to go away");
+        let hint = config.shutdown.reconnect_to.clone();
+        shared.start_draining(hint.clone());
         let deadline = Duration::from_secs(config.shutdown.deadline_secs);
-        if tokio::time::timeout(deadline, shared.wait_empty())
-            .await
-            .is_err()
-        {
+        let lame_duck = Duration::from_secs(config.shutdown.lame_duck_secs);
+        let drained = async {
+            let told = shared
+                .going_away_spread("node draining", hint, lame_duck)
+                .await;
+            info!(sessions = told, "drain: every session told to go away");
+            shared.wait_empty().await;
+        };
+        if tokio::time::timeout(deadline, drained).await.is_err() {
             warn!(
                 left = shared.session_count(),
-                "shutdown deadline reached with sessions open"
+                "drain deadline reached with sessions open"
             );
         }
         stop.cancel();

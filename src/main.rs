@@ -191,10 +191,16 @@ async fn signals(shutdown: CancellationToken) {
         return;
     };
     tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
+        _ = term.recv() => info!("SIGTERM: draining (send again to exit now)"),
+        _ = int.recv() => info!("SIGINT: draining (Ctrl-C again to exit now)"),
     }
     shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    error!("second signal: exiting without waiting for the drain");
+    std::process::exit(130);
 }
 
 fn token(args: TokenArgs) -> ExitCode {

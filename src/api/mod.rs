@@ -11,6 +11,7 @@
 //! | GET | `/api/channels` | channels with subscribers, presence, position |
 //! | GET | `/api/channels/{name}/presence` | members |
 //! | GET | `/api/channels/{name}/history?limit=` | newest messages |
+//! | POST | `/api/drain` | drain: refuse new sessions, `GoingAway` spread over the lame-duck window, exit |
 //! | POST | `/api/disconnect` | `{reason?}`: every session gets `GoingAway` and reconnects |
 //! | GET | `/api/stats` | node counters |
 //!
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub cert_sha256: RwLock<String>,
     /// False while draining.
     pub ready: AtomicBool,
+    /// Cancelled by `POST /api/drain`: the node drains and exits.
+    pub drain: tokio_util::sync::CancellationToken,
     /// More series for `/metrics` (the mesh registers its own).
     pub metrics: RwLock<Vec<Arc<dyn crate::telemetry::metrics::MetricsSource>>>,
 }
@@ -67,6 +70,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/channels/{name}/presence", get(presence))
         .route("/api/channels/{name}/history", get(history))
         .route("/api/disconnect", post(disconnect))
+        .route("/api/drain", post(drain))
         .route("/api/stats", get(stats));
     for (path, ctype, body) in ASSETS {
         let ctype: &'static str = ctype;
@@ -397,6 +401,18 @@ async fn disconnect(
         .unwrap_or("disconnected by the operator");
     let n = s.shared.going_away(reason, req.reconnect_to, 0);
     Ok(Json(serde_json::json!({ "disconnected": n })))
+}
+
+async fn drain(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    s.drain.cancel();
+    Ok(Json(serde_json::json!({
+        "draining": true,
+        "sessions": s.shared.session_count(),
+    })))
 }
 
 async fn stats(

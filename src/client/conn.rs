@@ -161,6 +161,14 @@ impl Client {
                 heartbeat_ms,
             }),
             Ok(Ok(ServerFrame::Error { code, reason, .. })) => Err(Error::Server { code, reason }),
+            Ok(Ok(ServerFrame::GoingAway {
+                reason,
+                reconnect_to,
+                ..
+            })) => Err(Error::GoingAway {
+                reason,
+                reconnect_to,
+            }),
             Ok(Ok(other)) => Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
         }
     }

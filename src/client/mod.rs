@@ -39,6 +39,8 @@ use crate::protocol::{
 };
 
 mod conn;
+mod resilient;
+pub use resilient::Resilient;
 
 /// Events buffered between the connection and the application.
 pub const EVENT_BUFFER: usize = 16 * 1024;
@@ -168,6 +170,14 @@ pub enum Error {
     /// No reply in time.
     #[error("request timed out")]
     Timeout,
+    /// The node is draining and sent the client elsewhere instead of a session.
+    #[error("node going away: {reason}")]
+    GoingAway {
+        /// Why.
+        reason: String,
+        /// Where to reconnect, if the node said.
+        reconnect_to: Option<String>,
+    },
     /// The server sent something unexpected.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -248,8 +258,14 @@ pub enum Event {
         /// Grace period.
         grace_ms: u32,
     },
-    /// The connection ended (the last event).
+    /// The connection ended (the last event of a [`Client`]; a [`Resilient`] client
+    /// reconnects instead and reports [`Event::Reconnected`]).
     Closed,
+    /// A [`Resilient`] client is connected again, to `url`, with every subscription resumed.
+    Reconnected {
+        /// Base URL of the node now serving the client.
+        url: String,
+    },
     /// The server sent an error not tied to a request (fatal ones end the session).
     Error {
         /// Code.

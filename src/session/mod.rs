@@ -186,10 +186,24 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 shared.hub.counters().handshake_failed(code.name());
                 debug!(%code, %reason, "handshake refused");
                 let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
-                writer.close(code, &reason, Some(f)).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, Some(f))).await;
                 return;
             }
         };
+        if let Some(hint) = shared.draining() {
+            debug!("refused: node draining");
+            let f = encode_server(&ServerFrame::GoingAway {
+                reason: "node draining".into(),
+                reconnect_to: hint,
+                after_ms: 0,
+            });
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                writer.close(ErrorCode::GoingAway, "node draining", Some(f)),
+            )
+            .await;
+            return;
+        }
         if single_stream {
             writer.set_single_stream();
         }
@@ -287,16 +301,21 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 if !items.is_empty() || !datagrams.is_empty() {
                     // A peer that stops reading blocks the write; once the outbox overflows
                     // (or anything else closes it) the write is abandoned.
-                    let written = tokio::select! {
-                        r = writer.write(&items, &datagrams) => Some(r),
-                        _ = outbox.closed() => None,
+                    // The last batch of a graceful close (it carries `GoingAway`) is written
+                    // with a time limit instead: the outbox already reads as closed.
+                    let written = if closed.is_some() {
+                        tokio::time::timeout(CLOSE_TIMEOUT, writer.write(&items, &datagrams)).await.ok()
+                    } else {
+                        tokio::select! {
+                            r = writer.write(&items, &datagrams) => Some(r),
+                            _ = outbox.closed() => None,
+                        }
                     };
                     let Some(written) = written else {
                         items.clear();
                         datagrams.clear();
-                        if let Some(Closed { code, reason, send_error }) =
-                            outbox.drain(&mut items, &mut datagrams, 0)
-                        {
+                        let closed = closed.clone().or_else(|| outbox.drain(&mut items, &mut datagrams, 0));
+                        if let Some(Closed { code, reason, send_error }) = closed {
                             debug!(%code, %reason, "closing session while a write was blocked");
                             let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
                             let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, f)).await;

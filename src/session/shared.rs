@@ -113,6 +113,10 @@ pub struct Shared {
     pub(super) registry: Mutex<HashMap<u64, Registered>>,
     /// Notified when the last session leaves.
     emptied: Notify,
+    /// Set while the node drains: new sessions are sent away at once.
+    draining: std::sync::atomic::AtomicBool,
+    /// Where drained clients are told to reconnect (another node of the region).
+    reconnect_hint: parking_lot::RwLock<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -132,6 +136,8 @@ impl Shared {
             next_id: AtomicU64::new(1),
             registry: Mutex::new(HashMap::new()),
             emptied: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            reconnect_hint: parking_lot::RwLock::new(None),
         })
     }
 
@@ -176,6 +182,50 @@ impl Shared {
             }
             notified.await;
         }
+    }
+
+    /// Starts draining: new sessions get `GoingAway` with `hint` instead of `Welcome`.
+    pub fn start_draining(&self, hint: Option<String>) {
+        *self.reconnect_hint.write() = hint;
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the node drains, and where to send clients.
+    pub fn draining(&self) -> Option<Option<String>> {
+        self.draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| self.reconnect_hint.read().clone())
+    }
+
+    /// Tells the sessions open now to go away one by one, spread evenly over `window` (lame
+    /// duck), so their reconnects do not land on the other nodes all at once. Returns how
+    /// many were told.
+    pub async fn going_away_spread(
+        &self,
+        reason: &str,
+        reconnect_to: Option<String>,
+        window: std::time::Duration,
+    ) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .registry
+            .lock()
+            .values()
+            .map(|r| r.outbox.clone())
+            .collect();
+        let n = outboxes.len();
+        let frame = ServerFrame::GoingAway {
+            reason: reason.to_string(),
+            reconnect_to,
+            after_ms: 0,
+        };
+        let start = tokio::time::Instant::now();
+        for (i, o) in outboxes.iter().enumerate() {
+            let at = start + window.mul_f64(i as f64 / n as f64);
+            tokio::time::sleep_until(at).await;
+            o.close_after(&frame, ErrorCode::GoingAway, reason);
+        }
+        n
     }
 
     /// Tells every session to go away (drain, shutdown, or a forced reconnect), delivering

@@ -40,7 +40,13 @@ pub fn dev_config() -> Config {
 /// Starts a dev node, changed by `tweak`.
 pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestNode {
     let mut config = dev_config();
+    // Tests stop nodes often: a short drain.
+    config.shutdown.lame_duck_secs = 1;
+    config.shutdown.deadline_secs = 5;
     tweak(&mut config);
+    if std::env::var_os("RUST_LOG").is_some() {
+        edgegate::telemetry::init(&config.log);
+    }
     config.validate().expect("valid test config");
     let gw = Gateway::load(config).await.expect("gateway loads");
     let shutdown = CancellationToken::new();
