@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// OpenTelemetry export.
+    pub telemetry: TelemetryConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
     /// Channel namespaces (`[[namespace]]`); a namespace named `*` applies to all others.
@@ -69,6 +71,7 @@ impl Default for Config {
             session: session::Config::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
             namespace: Vec::new(),
         }
@@ -170,6 +173,33 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Human,
             filter: "info".into(),
+        }
+    }
+}
+
+/// `[telemetry]`: OpenTelemetry traces and metrics over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL (`/v1/traces` and `/v1/metrics` are appended). Unset: export is
+    /// on only if `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported data (`OTEL_SERVICE_NAME` overrides).
+    pub service_name: String,
+    /// Which spans are exported (`tracing` filter directives). `edgegate=debug` includes one
+    /// span per client request; `edgegate=info` only sessions and relay links.
+    pub filter: String,
+    /// Seconds between metric exports.
+    pub metrics_interval_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "edgegate".into(),
+            filter: "edgegate=debug".into(),
+            metrics_interval_secs: 10,
         }
     }
 }

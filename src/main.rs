@@ -145,7 +145,18 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    edgegate::telemetry::init(&config.log);
+    let otel = match edgegate::telemetry::otel::Otel::new(
+        &config.telemetry,
+        &config.node.id,
+        &config.node.region,
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("edgegate: OpenTelemetry: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    edgegate::telemetry::init(&config.log, otel.as_ref(), &config.telemetry.filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -164,6 +175,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(o) = &otel {
+            o.observe(gw.shared().hub.counters().clone(), &gw.shared().node.id);
+        }
         let line = gw.ready_line();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
@@ -171,7 +185,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         drop(out);
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
-        match gw.run(shutdown).await {
+        let result = gw.run(shutdown).await;
+        if let Some(o) = otel {
+            // The exporters block on HTTP: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+        }
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");

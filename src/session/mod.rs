@@ -472,7 +472,13 @@ impl State<'_> {
             };
             (code, e.to_string())
         })?;
-        let span = tracing::trace_span!("request", kind = frame_name(&frame));
+        // One span per request (exported as an OpenTelemetry span when tracing is on);
+        // heartbeats are not worth one.
+        let span = if matches!(frame, ClientFrame::Ping { .. } | ClientFrame::Pong { .. }) {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!("request", kind = frame_name(&frame))
+        };
         let _e = span.enter();
         let now = now_ms();
         match frame {

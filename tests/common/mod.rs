@@ -45,7 +45,7 @@ pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestNode {
     config.shutdown.deadline_secs = 5;
     tweak(&mut config);
     if std::env::var_os("RUST_LOG").is_some() {
-        edgegate::telemetry::init(&config.log);
+        edgegate::telemetry::init(&config.log, None, "");
     }
     config.validate().expect("valid test config");
     let gw = Gateway::load(config).await.expect("gateway loads");
