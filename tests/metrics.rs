@@ -30,7 +30,12 @@ fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) 
 
 #[tokio::test]
 async fn counters_move_as_traffic_flows() {
-    let node = start(|c| c.session.publish_rate = 10_000).await;
+    let node = start(|c| {
+        c.session.publish_rate = 10_000;
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 5;
+    })
+    .await;
     let before = scrape(&node).await;
     assert_eq!(value(&before, "edgegate_sessions", None), 0.0);
     assert_eq!(
@@ -58,6 +63,9 @@ async fn counters_move_as_traffic_flows() {
             next_message(c).await;
         }
     }
+    // Heartbeats measure the clients' RTT (the Rust client answers pings).
+    let counters = node.shared.hub.counters().clone();
+    eventually("an RTT sample", || counters.rtt.snapshot().2 >= 2).await;
     // A refused handshake, counted by reason.
     let bad = edgegate::client::Client::connect(
         node.options(TransportChoice::WebSocket).token("not-a-jwt"),
@@ -118,5 +126,12 @@ async fn counters_move_as_traffic_flows() {
         other => panic!("expected a histogram, got {other:?}"),
     }
     assert_eq!(g("edgegate_draining", None), 0.0);
+    assert!(
+        after
+            .samples
+            .iter()
+            .any(|s| s.metric == "edgegate_client_rtt_seconds"),
+        "RTT histogram exported"
+    );
     node.stop().await;
 }

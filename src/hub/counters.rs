@@ -52,6 +52,8 @@ pub struct Counters {
     pub handshake_reasons: Mutex<BTreeMap<&'static str, u64>>,
     /// Time from fan-out to the transport write of the oldest frame of each write batch.
     pub deliver_latency: Histogram,
+    /// Client round-trip times measured by heartbeats.
+    pub rtt: Histogram,
     /// Subscriptions open now.
     pub subscriptions: AtomicI64,
 }

@@ -256,7 +256,10 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
         );
         let last_rx = AtomicU64::new(now_ms());
         let expires = AtomicU64::new(grant.expires_at.unwrap_or(u64::MAX));
+        // Ping nonces are microseconds since this instant, so a Pong gives the RTT.
+        let start = Instant::now();
         let mut state = State {
+            start,
             shared: &shared,
             who: &who,
             outbox: &outbox,
@@ -349,7 +352,6 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             let hb = Duration::from_secs(cfg.heartbeat_secs.max(1));
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hb, hb);
             let mut warned = false;
-            let start = Instant::now();
             loop {
                 tick.tick().await;
                 let now = now_ms();
@@ -420,6 +422,7 @@ impl Bucket {
 }
 
 struct State<'a> {
+    start: Instant,
     shared: &'a Arc<Shared>,
     who: &'a SessionRef,
     outbox: &'a Arc<Outbox>,
@@ -489,7 +492,18 @@ impl State<'_> {
                 self.outbox
                     .push_frame(CONTROL, &ServerFrame::Pong { nonce });
             }
-            ClientFrame::Pong { .. } => {}
+            ClientFrame::Pong { nonce } => {
+                // Our nonces are elapsed microseconds; a client's garbage nonce is ignored.
+                let now = self.start.elapsed().as_micros() as u64;
+                if let Some(rtt) = now.checked_sub(nonce).filter(|r| *r < 60_000_000) {
+                    self.shared
+                        .hub
+                        .counters()
+                        .rtt
+                        .observe(Duration::from_micros(rtt));
+                    debug!(rtt_us = rtt, "heartbeat");
+                }
+            }
             ClientFrame::Subscribe {
                 id,
                 channel,

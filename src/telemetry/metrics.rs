@@ -62,6 +62,22 @@ fn i(a: &AtomicI64) -> i64 {
     a.load(Ordering::Relaxed).max(0)
 }
 
+fn histogram(o: &mut String, name: &str, help: &str, h: &crate::hub::counters::Histogram) {
+    let (buckets, sum, count) = h.snapshot();
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    for (b, n) in LATENCY_BUCKETS.iter().zip(&buckets) {
+        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{le=\"+Inf\"}} {}",
+        buckets.last().copied().unwrap_or(0)
+    );
+    let _ = writeln!(o, "{name}_sum {sum}");
+    let _ = writeln!(o, "{name}_count {count}");
+}
+
 /// Renders every node metric.
 pub fn render(
     shared: &Shared,
@@ -168,23 +184,18 @@ pub fn render(
         "Client requests refused with an error.",
     )
     .value(u(&c.request_errors));
-    let (buckets, sum, count) = c.deliver_latency.snapshot();
-    let name = "edgegate_deliver_latency_seconds";
-    let _ = writeln!(
+    histogram(
         o,
-        "# HELP {name} Time from fan-out to the transport write, oldest frame of each write batch."
+        "edgegate_deliver_latency_seconds",
+        "Time from fan-out to the transport write, oldest frame of each write batch.",
+        &c.deliver_latency,
     );
-    let _ = writeln!(o, "# TYPE {name} histogram");
-    for (b, n) in LATENCY_BUCKETS.iter().zip(&buckets) {
-        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {n}");
-    }
-    let _ = writeln!(
+    histogram(
         o,
-        "{name}_bucket{{le=\"+Inf\"}} {}",
-        buckets.last().copied().unwrap_or(0)
+        "edgegate_client_rtt_seconds",
+        "Client round-trip time measured by heartbeats.",
+        &c.rtt,
     );
-    let _ = writeln!(o, "{name}_sum {sum}");
-    let _ = writeln!(o, "{name}_count {count}");
     family(o, "edgegate_draining", "gauge", "1 while the node drains.").value(u8::from(draining));
     for s in extra {
         s.render(o);
