@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs the load scenarios against edgegate and the Node peers in one go, each server pinned to
+# core 0 and the generator to core 1, and prints one table per figure (benches/README.md).
+#
+#   benches/compare.sh            # full run (about 15 minutes)
+#   QUICK=1 benches/compare.sh    # smaller N and shorter windows (about 4 minutes)
+#
+# Results are also appended as JSON lines to target/load-results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# npm packages of the peers (ws 8.23, Socket.IO 4.8). uWebSockets.js installs from GitHub
+# only, which this machine cannot reach: it is left out (see benches/README.md).
+npm ci --prefix benches/peers --no-audit --no-fund >/dev/null 2>&1 || npm install --prefix benches/peers --no-audit --no-fund >/dev/null
+cargo build --release --bin edgegate
+cargo bench --bench load --no-run
+
+OUT=target/load-results.jsonl
+: >"$OUT"
+if [ -n "${QUICK:-}" ]; then
+  SUBS=300 RATE=50 SECS=5 IDLE=2000 STEPS=8
+else
+  SUBS=1000 RATE=50 SECS=10 IDLE=10000 STEPS=14
+fi
+load() { cargo bench --bench load -q -- "$@" | tee /dev/stderr | grep '^{' >>"$OUT"; }
+
+for s in edgegate ws socketio; do
+  load broadcast --server $s --transport ws --subs $SUBS --rate $RATE --secs $SECS
+done
+load broadcast --server edgegate --transport wt --subs $SUBS --rate $RATE --secs $SECS
+for s in edgegate ws socketio; do
+  load saturation --server $s --transport ws --subs $SUBS --steps $STEPS
+done
+load saturation --server edgegate --transport wt --subs $SUBS --steps $STEPS
+for s in edgegate ws socketio; do
+  load idle --server $s --transport ws --conns $IDLE
+done
+load idle --server edgegate --transport wt --conns $((IDLE / 2))
+load broadcast --server edgegate --transport wt --datagram --subs $SUBS --rate 100 --secs $SECS
+load rooms --server edgegate --transport wt --secs $SECS
+
+echo
+echo "## Results ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores)"
+python3 - "$OUT" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]
+def who(r): return f"{r['server']} ({r['transport']})"
+print("\n| server | deliveries/s | p50 ms | p99 ms | server CPU % | µs/delivery | loss |")
+print("|---|---|---|---|---|---|---|")
+for r in runs:
+    if r['scenario'] == 'broadcast':
+        l = r['latency']
+        print(f"| {who(r)} | {r['deliveries_per_s']:.0f} | {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {r['server_cpu_pct']:.0f} | {r['server_us_per_delivery']:.2f} | {r['loss']:.4%} |")
+base = next((r for r in runs if r['scenario'] == 'broadcast' and r['server'] == 'edgegate' and r['transport'] == 'ws'), None)
+if base:
+    print("\nCPU per delivery relative to edgegate (ws), same run:")
+    for r in runs:
+        if r['scenario'] == 'broadcast' and r['server_us_per_delivery']:
+            print(f"- {who(r)}: {r['server_us_per_delivery'] / base['server_us_per_delivery']:.2f}x")
+print("\n| server | max sustained deliveries/s | peak deliveries/s |")
+print("|---|---|---|")
+for r in runs:
+    if r['scenario'] == 'saturation':
+        print(f"| {who(r)} | {r['max_sustained_deliveries_per_s']:.0f} | {r['peak_deliveries_per_s']:.0f} |")
+print("\n| server | idle connections | bytes per connection |")
+print("|---|---|---|")
+for r in runs:
+    if r['scenario'] == 'idle':
+        print(f"| {who(r)} | {r['conns']} | {r['bytes_per_conn']:.0f} |")
+for r in runs:
+    if r['scenario'] in ('datagram', 'rooms'):
+        l = r['latency']
+        print(f"\n{r['scenario']} {who(r)}: {r['deliveries_per_s']:.0f} deliveries/s, loss {r['loss']:.4%}, p99 {l['p99_ms']:.2f} ms, server CPU {r['server_cpu_pct']:.0f}%")
+PY
