@@ -17,6 +17,13 @@ use crate::hub::Item;
 use crate::protocol::ErrorCode;
 use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
 
+/// tungstenite's read buffer per connection, bytes. Its default (128 KiB) is zero-filled up to
+/// capacity on every read attempt, and the session polls the reader each time it wakes to
+/// write: a large buffer made a memset of 128 KiB per delivery batch and kept 128 KiB resident
+/// per idle connection. Client frames are small requests; a larger frame still arrives (the
+/// buffer grows for it).
+const READ_BUFFER: usize = 4 * 1024;
+
 /// The `/ws` route.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(shared)
@@ -32,6 +39,7 @@ async fn upgrade(
     // gets a clear FrameTooLarge error; far larger ones are cut off by tungstenite.
     ws.max_message_size(max * 2)
         .max_frame_size(max * 2)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
             let reader = Reader { stream, max };
