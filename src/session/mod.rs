@@ -294,7 +294,8 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             }
         };
         let write_loop = async {
-            let mut items = Vec::with_capacity(cfg.write_batch);
+            // Grows to the largest batch seen; an idle session holds none.
+            let mut items = Vec::new();
             let mut datagrams = Vec::new();
             loop {
                 outbox.ready().await;
@@ -378,15 +379,22 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 outbox.push_frame(CONTROL, &ServerFrame::Ping { nonce });
             }
         };
-        tokio::select! {
-            _ = read_loop => {}
-            _ = write_loop => {}
-            _ = tick_loop => {}
-        }
+        first_of([Box::pin(read_loop), Box::pin(write_loop), Box::pin(tick_loop)]).await;
         debug!("session closed");
     }
     .instrument(span)
     .await
+}
+
+/// One of a session's loops.
+type Loop<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Runs the loops until the first one ends, polling each only when its own waker fired.
+/// (`select!` polls every branch on each wake: the reader and the ticker on every write
+/// batch, which cost a transport read attempt per delivery batch.)
+async fn first_of(loops: [Loop<'_>; 3]) {
+    let mut running: futures::stream::FuturesUnordered<Loop<'_>> = loops.into_iter().collect();
+    futures::StreamExt::next(&mut running).await;
 }
 
 /// Token bucket for publishes.
