@@ -17,6 +17,7 @@ const FILES: &[(&str, &str, &str)] = &[
         "/edgegate.d.ts",
         "application/typescript; charset=utf-8",
     ),
+    ("codec.js", "/codec.js", "text/javascript; charset=utf-8"),
     ("demo.js", "/demo.js", "text/javascript; charset=utf-8"),
     ("demo.css", "/demo.css", "text/css; charset=utf-8"),
     ("mesh.html", "/mesh", "text/html; charset=utf-8"),

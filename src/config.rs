@@ -263,6 +263,25 @@ pub struct Sources {
 /// Environment variables that are not config keys (read by the command line itself).
 const NOT_KEYS: &[&str] = &["EDGEGATE_CONFIG", "EDGEGATE_REQUIRE_BROWSER"];
 
+/// Top-level keys of [`Config`] (keep in step with its fields). A one-word `EDGEGATE_X`
+/// variable that names none of them belongs to some other tool and is ignored; a
+/// `EDGEGATE_SECTION__KEY` one is always read, so a typo there is an error.
+const TOP_LEVEL: &[&str] = &[
+    "listen",
+    "node",
+    "dev",
+    "tls",
+    "api",
+    "auth",
+    "session",
+    "limits",
+    "log",
+    "telemetry",
+    "shutdown",
+    "namespace",
+    "cluster",
+];
+
 impl Config {
     /// Reads, merges, parses and validates.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
@@ -280,6 +299,9 @@ impl Config {
             let path = name["EDGEGATE_".len()..]
                 .to_ascii_lowercase()
                 .replace("__", ".");
+            if !path.contains('.') && !TOP_LEVEL.contains(&path.as_str()) {
+                continue;
+            }
             set(&mut root, &path, value).map_err(|e| err(format!("{name}: {e}")))?;
         }
         for (path, value) in &sources.overrides {
@@ -591,7 +613,15 @@ mod tests {
         )
         .expect("flag");
         assert_eq!(c.session.max_frame, 8192);
-        let c = load(None, &[("EDGEGATE_LISTEN", "127.0.0.1:9000")], &[]).expect("string value");
+        let c = load(
+            None,
+            &[
+                ("EDGEGATE_LISTEN", "127.0.0.1:9000"),
+                ("EDGEGATE_BIN", "/usr/bin/x"),
+            ],
+            &[],
+        )
+        .expect("string value; an unrelated one-word variable is ignored");
         assert_eq!(c.listen, "127.0.0.1:9000".parse().expect("addr"));
     }
 
@@ -601,6 +631,10 @@ mod tests {
             load(Some(&format!("{PROD}[session]\nmax_fram = 1\n")), &[], &[]).expect_err("typo");
         let msg = e.to_string();
         assert!(msg.contains("session") && msg.contains("max_fram"), "{msg}");
+        let e = load(None, &[("EDGEGATE_SESSION__PUBLISH_RATE", "fast")], &[]).expect_err("type");
+        assert!(e.to_string().starts_with("session.publish_rate"), "{e}");
+        let e = load(None, &[("EDGEGATE_SESION__PUBLISH_RATE", "5")], &[]).expect_err("typo");
+        assert!(e.to_string().contains("sesion"), "{e}");
         let e = load(None, &[("EDGEGATE_SESSION__PUBLISH_RATE", "fast")], &[]).expect_err("type");
         assert!(e.to_string().starts_with("session.publish_rate"), "{e}");
         let e = load(None, &[], &[("session.max_frame", "10")]).expect_err("range");
