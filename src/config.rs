@@ -20,6 +20,7 @@ use crate::auth;
 use crate::hub::policy::{ModeName, Policy, SnapshotMode};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::session;
+pub use crate::session::admission::LimitsConfig;
 
 /// Default port for UDP (WebTransport) and TCP (WebSocket + HTTP).
 pub const DEFAULT_PORT: u16 = 4433;
@@ -129,32 +130,6 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("key", &self.key.as_ref().map(|_| "[redacted]"))
             .finish()
-    }
-}
-
-/// `[limits]`: node-wide admission.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Most client sessions on this node.
-    pub max_connections: usize,
-    /// Most client sessions from one IP address.
-    pub max_connections_per_ip: usize,
-    /// New sessions accepted per second, node-wide (token bucket; burst = 2 s worth).
-    pub new_connections_per_sec: u32,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            // WebTransport sessions share one socket; 100k is a memory budget (~3 GiB),
-            // not a descriptor one.
-            max_connections: 100_000,
-            // Enough for a NAT with many players; a single abuser cannot take the node.
-            max_connections_per_ip: 1_000,
-            // A whole region reconnecting after a restart spreads over a few seconds.
-            new_connections_per_sec: 5_000,
-        }
     }
 }
 

@@ -67,7 +67,13 @@ impl Gateway {
             id: config.node.id.clone(),
             region: config.node.region.clone(),
         };
-        let shared = Shared::new(hub, verifier, config.session.clone(), node);
+        let shared = Shared::with_limits(
+            hub,
+            verifier,
+            config.session.clone(),
+            node,
+            config.limits.clone(),
+        );
         let api_key = config.api.key.clone().or_else(|| {
             config
                 .is_dev()

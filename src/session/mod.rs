@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::auth::{Cap, Grant};
 
+pub mod admission;
 mod shared;
 use crate::hub::outbox::{CONTROL, Closed};
 use crate::hub::{self, Item, Lane, Outbox, SessionRef};
@@ -139,12 +140,23 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn run<R: FrameRead, W: FrameWrite>(
     shared: Arc<Shared>,
     kind: Kind,
-    peer: String,
+    peer: std::net::SocketAddr,
     mut reader: R,
     mut writer: W,
 ) {
     let span = info_span!("session", transport = kind.name(), %peer, sid = tracing::field::Empty, user = tracing::field::Empty);
     async move {
+        // Node-wide limits first: a refused connection costs no more than this.
+        let _ticket = match shared.admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err((code, reason)) => {
+                shared.hub.counters().handshake_failed(code.name());
+                debug!(%code, %reason, "connection refused");
+                let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, Some(f))).await;
+                return;
+            }
+        };
         let cfg = &shared.config;
         let hello = tokio::time::timeout(
             Duration::from_secs(cfg.handshake_timeout_secs),

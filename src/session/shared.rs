@@ -109,6 +109,8 @@ pub struct Shared {
     pub config: Config,
     /// Node identity.
     pub node: Node,
+    /// Node-wide admission limits.
+    pub admission: Arc<super::admission::Admission>,
     pub(super) next_id: AtomicU64,
     pub(super) registry: Mutex<HashMap<u64, Registered>>,
     /// Notified when the last session leaves.
@@ -128,11 +130,23 @@ pub(super) struct Registered {
 impl Shared {
     /// Builds the shared state.
     pub fn new(hub: Hub, verifier: Verifier, config: Config, node: Node) -> Arc<Self> {
+        Self::with_limits(hub, verifier, config, node, Default::default())
+    }
+
+    /// Builds the shared state with node-wide admission limits.
+    pub fn with_limits(
+        hub: Hub,
+        verifier: Verifier,
+        config: Config,
+        node: Node,
+        limits: super::admission::LimitsConfig,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             hub,
             verifier,
             config,
             node,
+            admission: super::admission::Admission::new(limits),
             next_id: AtomicU64::new(1),
             registry: Mutex::new(HashMap::new()),
             emptied: Notify::new(),

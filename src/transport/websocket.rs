@@ -44,7 +44,7 @@ async fn upgrade(
             let (sink, stream) = socket.split();
             let reader = Reader { stream, max };
             let writer = Writer { sink };
-            session::run(shared, Kind::WebSocket, peer.to_string(), reader, writer).await;
+            session::run(shared, Kind::WebSocket, peer, reader, writer).await;
         })
 }
 

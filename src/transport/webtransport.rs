@@ -150,7 +150,7 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
         single_stream: false,
         bufs: Vec::new(),
     };
-    session::run(shared, Kind::WebTransport, peer.to_string(), reader, writer).await;
+    session::run(shared, Kind::WebTransport, peer, reader, writer).await;
     conn.close(VarInt::from_u32(0), b"");
 }
 
