@@ -91,6 +91,7 @@ impl Gateway {
             key: api_key,
             cert_sha256: RwLock::new(cert_sha256),
             ready: AtomicBool::new(true),
+            open_reads: config.is_dev(),
             metrics: RwLock::new(Vec::new()),
             drain: CancellationToken::new(),
         });

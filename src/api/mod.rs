@@ -13,7 +13,8 @@
 //! | GET | `/api/channels/{name}/history?limit=` | newest messages |
 //! | POST | `/api/drain` | drain: refuse new sessions, `GoingAway` spread over the lame-duck window, exit |
 //! | POST | `/api/disconnect` | `{reason?}`: every session gets `GoingAway` and reconnects |
-//! | GET | `/api/stats` | node counters |
+//! | GET | `/api/stats` | node counters (no key needed on a dev node) |
+//! | GET | `/mesh` | live view of the nodes and links (page; its data needs the key unless dev) |
 //!
 //! Errors are JSON `{code, name, reason}` with the protocol's stable error codes.
 
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub cert_sha256: RwLock<String>,
     /// False while draining.
     pub ready: AtomicBool,
+    /// Read-only operator views (`/api/stats`, the `/mesh` page's data) need no key (dev node).
+    pub open_reads: bool,
     /// Cancelled by `POST /api/drain`: the node drains and exits.
     pub drain: tokio_util::sync::CancellationToken,
     /// More series for `/metrics` (the mesh registers its own).
@@ -151,6 +154,14 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(ErrorCode::Unauthorized, "wrong API key"))
     }
+}
+
+/// Read-only operator data: open on a dev node, the API key otherwise.
+fn authorize_read(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.open_reads {
+        return Ok(());
+    }
+    authorize(state, headers)
 }
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
@@ -419,14 +430,16 @@ async fn stats(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&s, &headers)?;
+    authorize_read(&s, &headers)?;
     let c: &Counters = s.shared.hub.counters();
     let (wt, ws) = s.shared.session_counts();
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     Ok(Json(serde_json::json!({
         "node": s.shared.node.id,
         "region": s.shared.node.region,
+        "draining": !s.ready.load(Ordering::Relaxed),
         "sessions": { "webtransport": wt, "websocket": ws },
+        "subscriptions": c.subscriptions.load(Ordering::Relaxed),
         "channels": s.shared.hub.channels().len(),
         "published": {
             "reliable": g(&c.published_reliable),

@@ -185,3 +185,19 @@ test('the demo page loads, connects, and is worth a look', async () => {
   console.log(`screenshot: ${path}`);
   await ctx.close();
 });
+
+test('the mesh page draws the node and updates itself', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const p = await ctx.newPage();
+  p.on('pageerror', (e) => { throw e; });
+  await p.goto(`${node.http}/mesh`);
+  await p.waitForFunction(() => document.body.dataset.state === 'live', null, { timeout: WAIT });
+  const first = await p.textContent('#updated');
+  await p.waitForFunction((t) => document.querySelector('#updated').textContent !== t, first, { timeout: WAIT });
+  assert.ok((await p.$$('.node')).length >= 1, 'at least this node is drawn');
+  mkdirSync(OUT, { recursive: true });
+  const path = `${OUT}/mesh.png`;
+  await p.screenshot({ path });
+  console.log(`screenshot: ${path}`);
+  await ctx.close();
+});
