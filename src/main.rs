@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Any key: --set session.max_frame=131072 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Check the configuration (and that the certificate files load) and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -157,6 +160,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     edgegate::telemetry::init(&config.log, otel.as_ref(), &config.telemetry.filter);
+    if args.check {
+        return check(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,6 +204,32 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// `serve --check`: the config parsed and validated; the certificate files load.
+fn check(config: &Config) -> ExitCode {
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        let rt = match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("edgegate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = rt.block_on(edgegate::tls::load_identity(cert, key)) {
+            eprintln!("edgegate: invalid configuration: tls: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    println!(
+        "configuration ok: node {} in {}, listen {}, {} namespace(s){}",
+        config.node.id,
+        config.node.region,
+        config.listen,
+        config.namespace.len(),
+        if config.is_dev() { ", dev mode" } else { "" }
+    );
+    ExitCode::SUCCESS
 }
 
 async fn signals(shutdown: CancellationToken) {
