@@ -18,11 +18,11 @@ use crate::protocol::ErrorCode;
 use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
 
 /// tungstenite's read buffer per connection, bytes. Its default (128 KiB) is zero-filled up to
-/// capacity on every read attempt, and the session polls the reader each time it wakes to
-/// write: a large buffer made a memset of 128 KiB per delivery batch and kept 128 KiB resident
-/// per idle connection. Client frames are small requests; a larger frame still arrives (the
-/// buffer grows for it).
-const READ_BUFFER: usize = 4 * 1024;
+/// capacity on every read attempt and so is resident for every connection: 1 KiB is the
+/// largest share of an idle connection's memory that is still one read for a burst of
+/// requests (clients publish at most `publish_rate`/s). A larger frame still arrives: the
+/// buffer grows for it.
+const READ_BUFFER: usize = 1024;
 
 /// The `/ws` route.
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -140,7 +140,6 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
         conn: conn.clone(),
         recv,
         decoder: StreamDecoder::new(max),
-        buf: vec![0; 16 * 1024],
         max_datagram: max,
     };
     let writer = Writer {
@@ -158,9 +157,12 @@ struct Reader {
     conn: Connection,
     recv: RecvStream,
     decoder: StreamDecoder,
-    buf: Vec<u8>,
     max_datagram: usize,
 }
+
+/// Most bytes taken from the control stream per read. Chunks are quinn's own buffers (no
+/// per-session read buffer: a 16 KiB one was the largest item of an idle session).
+const READ_CHUNK: usize = 64 * 1024;
 
 fn framing_error(e: crate::protocol::DecodeError) -> TransportError {
     let code = match e {
@@ -180,8 +182,8 @@ impl FrameRead for Reader {
                 return Ok(Some(f));
             }
             tokio::select! {
-                r = self.recv.read(&mut self.buf) => match r {
-                    Ok(Some(n)) => self.decoder.extend(&self.buf[..n]),
+                r = self.recv.quic_stream_mut().read_chunk(READ_CHUNK, true) => match r {
+                    Ok(Some(chunk)) => self.decoder.extend(&chunk.bytes),
                     Ok(None) => {
                         if self.decoder.buffered() > 0 {
                             return Err(TransportError::Protocol {
