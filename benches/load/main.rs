@@ -182,6 +182,7 @@ fn print_row(name: &str, v: &Value) {
             ("max ms", f(v, "/latency/max_ms")),
             ("server CPU %", f(v, "/server_cpu_pct")),
             ("server µs/delivery", f(v, "/server_us_per_delivery")),
+            ("generator CPU %", f(v, "/generator_cpu_pct")),
             ("disconnects", f(v, "/disconnects")),
         ],
         "saturation" => vec![

@@ -44,10 +44,12 @@ pub struct Broadcast {
     pub datagram: bool,
 }
 
-/// Server CPU and wall time over a window.
+/// Server CPU and wall time over a window (and the generator's own CPU, to tell a
+/// generator-bound run).
 struct Window {
     t: Instant,
     cpu: Option<f64>,
+    own: Option<f64>,
 }
 
 impl Window {
@@ -55,7 +57,14 @@ impl Window {
         Window {
             t: Instant::now(),
             cpu: pid.and_then(cpu_secs),
+            own: cpu_secs(std::process::id()),
         }
+    }
+
+    /// The generator's CPU over the window, percent of one core.
+    fn generator_pct(&self) -> Option<f64> {
+        let now = cpu_secs(std::process::id())?;
+        Some(100.0 * (now - self.own?) / self.t.elapsed().as_secs_f64())
     }
 
     /// (wall seconds, server CPU seconds).
@@ -170,6 +179,7 @@ pub async fn broadcast(
     let w = Window::start(target.pid);
     tokio::time::sleep(Duration::from_secs_f64(b.secs)).await;
     pace.measuring.store(false, Ordering::Relaxed);
+    let generator = w.generator_pct();
     let (wall, cpu) = w.end(target.pid);
     let sent = pace.sent_measured.load(Ordering::Relaxed);
     let expected = sent * subs as u64;
@@ -208,6 +218,7 @@ pub async fn broadcast(
         "latency": latency(&h),
         "server_cpu_pct": cpu.map(|c| 100.0 * c / wall),
         "server_us_per_delivery": cpu.map(|c| if got > 0 { c * 1e6 / got as f64 } else { 0.0 }),
+        "generator_cpu_pct": generator,
         "disconnects": disconnects,
         "dropped_notices": dropped,
         "publisher_error": publisher_error,
@@ -290,6 +301,7 @@ pub async fn saturation(
         let disc0 = run.disconnects.load(Ordering::Relaxed);
         let w = Window::start(target.pid);
         tokio::time::sleep(Duration::from_secs_f64((s.step - 1.0).max(1.0))).await;
+        let generator = w.generator_pct();
         let (wall, cpu) = w.end(target.pid);
         let delivered = (run.delivered.load(Ordering::Relaxed) - d0) as f64 / wall;
         let offered = (pace.sent.load(Ordering::Relaxed) - p0) as f64 * subs as f64 / wall;
@@ -310,6 +322,7 @@ pub async fn saturation(
             "deliveries_per_s": delivered,
             "p99_ms": h.quantile(0.99) as f64 / 1000.0,
             "server_cpu_pct": cpu.map(|c| 100.0 * c / wall),
+            "generator_cpu_pct": generator,
             "sustained": sustained,
             "disconnects": lost_subs,
         }));
@@ -438,6 +451,7 @@ pub async fn rooms(target: &Target, transport: Transport, r: &Rooms) -> anyhow::
     let w = Window::start(target.pid);
     tokio::time::sleep(Duration::from_secs_f64(r.secs)).await;
     measuring.store(false, Ordering::Relaxed);
+    let generator = w.generator_pct();
     let (wall, cpu) = w.end(target.pid);
     let expected = sent.load(Ordering::Relaxed) * r.players as u64;
     let deadline = Instant::now() + DRAIN;
@@ -465,6 +479,7 @@ pub async fn rooms(target: &Target, transport: Transport, r: &Rooms) -> anyhow::
         "latency": latency(&h),
         "server_cpu_pct": cpu.map(|c| 100.0 * c / wall),
         "server_us_per_delivery": cpu.map(|c| if got > 0 { c * 1e6 / got as f64 } else { 0.0 }),
+        "generator_cpu_pct": generator,
         "disconnects": disconnects,
         "dropped_notices": dropped,
     }))

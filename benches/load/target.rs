@@ -43,6 +43,9 @@ impl Server {
     }
 }
 
+/// How long a server gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// A running server.
 pub struct Target {
     /// Which one.
@@ -64,6 +67,17 @@ impl Drop for Target {
             s.cancel();
         }
         if let Some(c) = &mut self.child {
+            // SIGTERM first so a server under a profiler (valgrind, perf) writes its output.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + STOP_GRACE;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
