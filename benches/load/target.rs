@@ -118,6 +118,11 @@ pub fn spawn(server: Server, core: Option<usize>, bin: Option<PathBuf>) -> anyho
                     "session.publish_rate=10000000",
                     "--set",
                     "session.publish_burst=10000000",
+                    // Every generated session comes from one host, in a burst.
+                    "--set",
+                    "limits.max_connections_per_ip=1000000",
+                    "--set",
+                    "limits.new_connections_per_sec=1000000",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -211,6 +216,8 @@ pub async fn in_process() -> anyhow::Result<Target> {
             ("listen".into(), "\"127.0.0.1:0\"".into()),
             ("session.publish_rate".into(), "100000".into()),
             ("session.publish_burst".into(), "100000".into()),
+            ("limits.max_connections_per_ip".into(), "1000000".into()),
+            ("limits.new_connections_per_sec".into(), "1000000".into()),
         ],
     })?;
     let gw = edgegate::gateway::Gateway::load(config).await?;
