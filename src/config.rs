@@ -56,6 +56,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// The relay mesh.
+    pub cluster: crate::mesh::ClusterConfig,
     /// Channel namespaces (`[[namespace]]`); a namespace named `*` applies to all others.
     pub namespace: Vec<Policy>,
 }
@@ -74,6 +76,7 @@ impl Default for Config {
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
+            cluster: crate::mesh::ClusterConfig::default(),
             namespace: Vec::new(),
         }
     }
@@ -375,6 +378,15 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if self.cluster.listen.is_some()
+            && (self.cluster.ca.is_none()
+                || self.cluster.cert.is_none()
+                || self.cluster.key.is_none())
+        {
+            return Err(err(
+                "cluster.ca: cluster.ca, cluster.cert and cluster.key are required with cluster.listen (edgegate certs cluster makes a dev set)",
+            ));
         }
         if let Some(key) = &self.api.key
             && key.len() < 16

@@ -29,6 +29,7 @@ use crate::api::{self, ApiState};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::{Counters, Hub, Namespaces, Publish};
+use crate::mesh::Mesh;
 use crate::protocol::Mode;
 use crate::session::{Node, Shared, now_ms};
 use crate::tls;
@@ -37,6 +38,8 @@ use crate::transport::{websocket, webtransport};
 /// A node, bound and ready to run.
 pub struct Gateway {
     config: Config,
+    mesh: Option<Mesh>,
+    mesh_stop: CancellationToken,
     shared: Arc<Shared>,
     api: Arc<ApiState>,
     endpoint: Endpoint<Server>,
@@ -62,7 +65,21 @@ impl Gateway {
         let cert_sha256 = tls::cert_sha256(&identity);
         let verifier = Verifier::new(&config.auth).context("auth")?;
         let counters = Arc::new(Counters::default());
-        let hub = Hub::new(Namespaces::new(config.namespace.clone()), counters);
+        let mesh_stop = CancellationToken::new();
+        let (hub, mesh_seed) = if config.cluster.listen.is_some() {
+            let (hooks, seed) = Mesh::hooks();
+            let hub = Hub::with_observer(
+                Namespaces::new(config.namespace.clone()),
+                counters,
+                Some(hooks),
+            );
+            (hub, Some(seed))
+        } else {
+            (
+                Hub::new(Namespaces::new(config.namespace.clone()), counters),
+                None,
+            )
+        };
         let node = Node {
             id: config.node.id.clone(),
             region: config.node.region.clone(),
@@ -82,6 +99,23 @@ impl Gateway {
         if api_key.is_none() {
             warn!("no api.key configured: the HTTP API refuses every call");
         }
+        let mesh = match mesh_seed {
+            Some(seed) => {
+                let m = Mesh::start(
+                    seed,
+                    &config.cluster,
+                    &config.node.id,
+                    &config.node.region,
+                    shared.hub.clone(),
+                    mesh_stop.clone(),
+                )
+                .context("cluster")?;
+                m.attach(&shared);
+                let _ = shared.relay.set(Arc::new(m.clone()));
+                Some(m)
+            }
+            None => None,
+        };
         let (udp, tcp) = bind_pair(config.listen)?;
         let local_addr = tcp.local_addr()?;
         let idle = Duration::from_secs(config.session.idle_timeout_secs);
@@ -94,15 +128,29 @@ impl Gateway {
             open_reads: config.is_dev(),
             metrics: RwLock::new(Vec::new()),
             drain: CancellationToken::new(),
+            mesh: RwLock::new(
+                mesh.clone()
+                    .map(|m| Arc::new(m) as Arc<dyn crate::api::MeshView>),
+            ),
         });
+        if let Some(m) = &mesh {
+            api.metrics.write().push(Arc::new(m.clone()));
+        }
         Ok(Gateway {
             config,
+            mesh,
+            mesh_stop,
             shared,
             api,
             endpoint,
             tcp: tokio::net::TcpListener::from_std(tcp)?,
             local_addr,
         })
+    }
+
+    /// The relay mesh, when `[cluster]` is configured.
+    pub fn mesh(&self) -> Option<&Mesh> {
+        self.mesh.as_ref()
     }
 
     /// The address bound (UDP and TCP share the port).
@@ -145,6 +193,8 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Gateway {
             config,
+            mesh: _mesh,
+            mesh_stop,
             shared,
             api,
             endpoint,
@@ -193,7 +243,11 @@ impl Gateway {
         // Drain: not ready, new sessions sent away, open ones told to go spread over the
         // lame-duck window, exit when empty or at the deadline.
         api.ready.store(false, std::sync::atomic::Ordering::Relaxed);
-        let hint = config.shutdown.reconnect_to.clone();
+        let hint = config
+            .shutdown
+            .reconnect_to
+            .clone()
+            .or_else(|| shared.relay.get().and_then(|r| r.reconnect_hint()));
         shared.start_draining(hint.clone());
         let deadline = Duration::from_secs(config.shutdown.deadline_secs);
         let lame_duck = Duration::from_secs(config.shutdown.lame_duck_secs);
@@ -211,6 +265,7 @@ impl Gateway {
             );
         }
         stop.cancel();
+        mesh_stop.cancel();
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(2), tracker.wait())
             .await

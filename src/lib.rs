@@ -18,6 +18,7 @@
 //! - [`tls`]: certificates: dev self-signed identity, files.
 //! - [`config`]: TOML + env + flags into one typed [`config::Config`].
 //! - [`telemetry`]: tracing subscriber set-up.
+//! - [`mesh`]: the inter-region relay mesh over QUIC (links, interest, homes, replay).
 //! - [`gateway`]: assembles a node from a config (`Gateway::load` / `run`).
 //! - [`client`]: Rust client (WebTransport, or WebSocket), depending on [`protocol`] only.
 
@@ -29,6 +30,7 @@ pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod hub;
+pub mod mesh;
 pub mod protocol;
 pub mod session;
 pub mod telemetry;

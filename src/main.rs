@@ -24,6 +24,22 @@ enum Command {
     Serve(ServeArgs),
     /// Mint an HS256 client token (development and tests).
     Token(TokenArgs),
+    /// Make certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A development cluster CA and one mesh certificate per node.
+    Cluster {
+        /// Directory to write ca.pem, ca.key, <node>.pem, <node>.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma-separated: --nodes eu-1,us-1,ap-1
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -88,6 +104,22 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Certs(CertsCommand::Cluster { out, nodes }) => {
+            match edgegate::mesh::tls::generate(&out, &nodes) {
+                Ok(()) => {
+                    println!(
+                        "wrote {}/ca.pem, ca.key and a .pem/.key pair for {}",
+                        out.display(),
+                        nodes.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate certs cluster: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

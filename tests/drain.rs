@@ -47,24 +47,27 @@ async fn drain_sends_clients_to_the_hinted_node_spread_over_the_lame_duck_window
         }
         other => panic!("expected GoingAway, got {other:?}"),
     }
-    let mut arrivals = Vec::new();
-    for c in &mut clients {
-        loop {
-            match tokio::time::timeout(WAIT, c.next_event()).await {
-                Ok(Some(Event::Reconnected { url })) => {
-                    assert_eq!(url, b_url);
-                    arrivals.push(started.elapsed());
-                    break;
+    // Every client is polled at once, so each arrival is timed when it happens.
+    let b_url2 = b_url.clone();
+    let b_id = b.shared.node.id.clone();
+    let mut arrivals: Vec<Duration> = futures::future::join_all(clients.iter_mut().map(|c| {
+        let (b_url, b_id) = (b_url2.clone(), b_id.clone());
+        async move {
+            loop {
+                match tokio::time::timeout(WAIT, c.next_event()).await {
+                    Ok(Some(Event::Reconnected { url })) => {
+                        assert_eq!(url, b_url);
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    other => panic!("no reconnect: {other:?}"),
                 }
-                Ok(Some(_)) => {}
-                other => panic!("no reconnect: {other:?}"),
             }
+            assert_eq!(c.client().expect("connected").welcome().node_id, b_id);
+            started.elapsed()
         }
-        assert_eq!(
-            c.client().expect("connected").welcome().node_id,
-            b.shared.node.id
-        );
-    }
+    }))
+    .await;
     arrivals.sort();
     let spread = arrivals[arrivals.len() - 1] - arrivals[0];
     assert!(

@@ -13,6 +13,7 @@
 //! | GET | `/api/channels/{name}/history?limit=` | newest messages |
 //! | POST | `/api/drain` | drain: refuse new sessions, `GoingAway` spread over the lame-duck window, exit |
 //! | POST | `/api/disconnect` | `{reason?}`: every session gets `GoingAway` and reconnects |
+//! | GET | `/api/mesh` | mesh members and links (RTT, traffic, replays) |
 //! | GET | `/api/stats` | node counters (no key needed on a dev node) |
 //! | GET | `/mesh` | live view of the nodes and links (page; its data needs the key unless dev) |
 //!
@@ -42,6 +43,12 @@ include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 /// Largest request body accepted by the API (1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// The mesh as `/api/mesh` shows it.
+pub trait MeshView: Send + Sync + std::fmt::Debug {
+    /// Members, links and their counters.
+    fn json(&self) -> serde_json::Value;
+}
+
 /// What the HTTP handlers share.
 #[derive(Debug)]
 pub struct ApiState {
@@ -57,6 +64,8 @@ pub struct ApiState {
     pub open_reads: bool,
     /// Cancelled by `POST /api/drain`: the node drains and exits.
     pub drain: tokio_util::sync::CancellationToken,
+    /// The mesh's view for `/api/mesh` (none without a mesh).
+    pub mesh: RwLock<Option<Arc<dyn MeshView>>>,
     /// More series for `/metrics` (the mesh registers its own).
     pub metrics: RwLock<Vec<Arc<dyn crate::telemetry::metrics::MetricsSource>>>,
 }
@@ -74,7 +83,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/channels/{name}/history", get(history))
         .route("/api/disconnect", post(disconnect))
         .route("/api/drain", post(drain))
-        .route("/api/stats", get(stats));
+        .route("/api/stats", get(stats))
+        .route("/api/mesh", get(mesh));
     for (path, ctype, body) in ASSETS {
         let ctype: &'static str = ctype;
         let body: &'static [u8] = body;
@@ -259,16 +269,20 @@ async fn publish(
         }
     };
     crate::hub::validate_channel(&req.channel).map_err(|(c, r)| ApiError::new(c, r))?;
-    let pos = s.shared.hub.publish(
-        Publish {
-            channel: &req.channel,
-            mode,
-            key: req.key.as_deref(),
-            publisher: None,
-            data,
-        },
-        now_ms(),
-    )?;
+    let pos = s
+        .shared
+        .publish(
+            Publish {
+                channel: &req.channel,
+                mode,
+                key: req.key.as_deref(),
+                publisher: None,
+                data,
+            },
+            now_ms(),
+        )
+        .wait()
+        .await?;
     Ok(Json(PublishReply {
         epoch: pos.epoch.to_string(),
         offset: pos.offset,
@@ -424,6 +438,22 @@ async fn drain(
         "draining": true,
         "sessions": s.shared.session_count(),
     })))
+}
+
+async fn mesh(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_read(&s, &headers)?;
+    let view = s.mesh.read().clone();
+    Ok(Json(match view {
+        Some(m) => m.json(),
+        None => serde_json::json!({
+            "node": { "id": s.shared.node.id, "region": s.shared.node.region },
+            "nodes": [],
+            "links": [],
+        }),
+    }))
 }
 
 async fn stats(

@@ -82,6 +82,8 @@ pub(crate) struct Channel {
     pub keyed: BTreeMap<Arc<str>, Entry>,
     pub subs: Vec<Sub>,
     pub presence: Vec<Present>,
+    /// Presence on other nodes of the mesh: (node id, member).
+    pub remote_presence: Vec<(Arc<str>, Member)>,
 }
 
 /// Outcome of a recovery request against history.
@@ -107,6 +109,7 @@ impl Channel {
             keyed: BTreeMap::new(),
             subs: Vec::new(),
             presence: Vec::new(),
+            remote_presence: Vec::new(),
         }
     }
 
@@ -121,6 +124,7 @@ impl Channel {
     pub fn is_idle(&self) -> bool {
         self.subs.is_empty()
             && self.presence.is_empty()
+            && self.remote_presence.is_empty()
             && self.history.is_empty()
             && self.last.is_none()
             && self.keyed.is_empty()
@@ -295,21 +299,24 @@ impl Channel {
         });
     }
 
-    /// Removes a session's subscription and presence; returns whether it was subscribed.
-    pub fn remove(&mut self, session: u64) -> bool {
+    /// Removes a session's subscription and presence; returns whether it was subscribed,
+    /// and the presence member that left, if any.
+    pub fn remove(&mut self, session: u64) -> (bool, Option<Member>) {
         let before = self.subs.len();
         self.subs.retain(|s| s.session != session);
         let removed = self.subs.len() != before;
+        let mut left = None;
         if let Some(i) = self.presence.iter().position(|p| p.session == session) {
             let p = self.presence.swap_remove(i);
             self.presence_event(
                 &ServerFrame::Leave {
                     channel: self.name.to_string(),
-                    member: p.member,
+                    member: p.member.clone(),
                 },
                 session,
             );
+            left = Some(p.member);
         }
-        removed
+        (removed, left)
     }
 }

@@ -22,6 +22,7 @@ mod channel;
 pub mod counters;
 pub mod outbox;
 pub mod policy;
+mod replica;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -36,6 +37,7 @@ use channel::{Channel, Recovery, Sub};
 pub use counters::Counters;
 pub use outbox::{Item, Lane, Outbox};
 pub use policy::{Namespaces, Policy, SnapshotMode, namespace_of, validate_channel};
+pub use replica::Applied;
 
 use crate::protocol::{ErrorCode, Member, Message, Mode, Position, ServerFrame};
 
@@ -54,7 +56,8 @@ pub struct Error {
 }
 
 impl Error {
-    fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+    /// An error with a code and a reason.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
         Error {
             code,
             reason: reason.into(),
@@ -133,6 +136,8 @@ pub trait Observer: Send + Sync + std::fmt::Debug {
     fn interest(&self, channel: &str, on: bool);
     /// `entry` was sequenced on `channel` in `epoch`.
     fn sequenced(&self, channel: &str, epoch: u64, entry: &Entry);
+    /// A local session joined (`true`) or left `channel`'s presence.
+    fn presence(&self, _channel: &str, _member: &Member, _join: bool) {}
 }
 
 #[derive(Debug, Default)]
@@ -273,7 +278,15 @@ impl Hub {
                 presence_events: req.presence_events,
             });
             if let (Some(info), true) = (req.presence, ch.policy.presence) {
-                ch.join(req.who, info);
+                ch.join(req.who, info.clone());
+                if let Some(o) = &inner.observer {
+                    let m = Member {
+                        session_id: req.who.sid.to_string(),
+                        user: req.who.user.to_string(),
+                        info,
+                    };
+                    o.presence(&ch.name, &m, true);
+                }
             }
             if ch.subs.len() == 1
                 && let Some(o) = &inner.observer
@@ -298,7 +311,10 @@ impl Hub {
         let Some(ch) = shard.channels.get_mut(channel) else {
             return false;
         };
-        let removed = ch.remove(session);
+        let (removed, left) = ch.remove(session);
+        if let (Some(m), Some(o)) = (&left, &self.inner.observer) {
+            o.presence(channel, m, false);
+        }
         if removed {
             self.inner
                 .counters
@@ -393,7 +409,13 @@ impl Hub {
         Ok(shard
             .channels
             .get(channel)
-            .map(|c| c.presence.iter().map(|p| p.member.clone()).collect())
+            .map(|c| {
+                c.presence
+                    .iter()
+                    .map(|p| p.member.clone())
+                    .chain(c.remote_presence.iter().map(|(_, m)| m.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

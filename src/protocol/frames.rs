@@ -358,30 +358,3 @@ impl ServerFrame {
         }
     }
 }
-
-/// Frames between nodes of the mesh (see `relay`). Versioned separately from client frames.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerFrame {
-    /// First frame on a link.
-    Hello {
-        /// Must equal [`PEER_PROTOCOL_VERSION`].
-        protocol_version: u16,
-        /// Sender's node id.
-        node_id: String,
-        /// Sender's region.
-        region: String,
-    },
-    /// Heartbeat.
-    Ping {
-        /// Opaque value echoed back.
-        nonce: u64,
-    },
-    /// Heartbeat answer.
-    Pong {
-        /// The nonce of the ping.
-        nonce: u64,
-    },
-}
-
-/// Version of the inter-node protocol.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;

@@ -54,6 +54,7 @@
 mod codec;
 mod error;
 mod frames;
+mod peer;
 
 pub use codec::{
     DECODE_LIMIT, DecodeError, EncodeError, LEN_PREFIX, StreamDecoder, decode_client, decode_peer,
@@ -61,6 +62,7 @@ pub use codec::{
 };
 pub use error::ErrorCode;
 pub use frames::*;
+pub use peer::{PEER_PROTOCOL_VERSION, PeerEntry, PeerFrame, PeerInfo};
 
 /// Version of the client protocol. Bumped on any incompatible change to the frames.
 ///

@@ -33,7 +33,7 @@ use crate::protocol::{
     ClientFrame, ErrorCode, Mode, PROTOCOL_VERSION, ServerFrame, decode_client, encode_server,
 };
 use shared::Registered;
-pub use shared::{Config, Node, Shared, now_ms};
+pub use shared::{Config, FORWARD_TIMEOUT, Node, Published, Relay, Shared, now_ms};
 
 /// Which transport carries a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -645,7 +645,7 @@ impl State<'_> {
                     );
                 }
                 let user = (!self.who.user.is_empty()).then_some(&*self.who.user);
-                let r = self.shared.hub.publish(
+                let r = self.shared.publish(
                     hub::Publish {
                         channel: &channel,
                         mode,
@@ -656,13 +656,37 @@ impl State<'_> {
                     now,
                 );
                 match r {
-                    Ok(position) => {
+                    Published::Done(Ok(position)) => {
                         if id != 0 {
                             self.outbox
                                 .push_frame(CONTROL, &ServerFrame::Published { id, position });
                         }
                     }
-                    Err(e) => return self.refuse(id, e.code, e.reason),
+                    Published::Done(Err(e)) => return self.refuse(id, e.code, e.reason),
+                    forwarded @ Published::Forwarded(_) => {
+                        // The channel's home answers; its reply reaches the client when it
+                        // comes (bounded wait), other requests go on meanwhile.
+                        let outbox = self.outbox.clone();
+                        let counters = self.shared.hub.counters().clone();
+                        tokio::spawn(async move {
+                            match forwarded.wait().await {
+                                Ok(position) if id != 0 => {
+                                    outbox.push_frame(
+                                        CONTROL,
+                                        &ServerFrame::Published { id, position },
+                                    );
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    counters.request_errors.fetch_add(1, Ordering::Relaxed);
+                                    outbox.push_frame(
+                                        CONTROL,
+                                        &ServerFrame::error(id, e.code, e.reason),
+                                    );
+                                }
+                            }
+                        });
+                    }
                 }
             }
             ClientFrame::Presence { id, channel } => {

@@ -98,6 +98,48 @@ pub struct Node {
     pub region: String,
 }
 
+/// The relay mesh as sessions and the HTTP API see it.
+pub trait Relay: Send + Sync + std::fmt::Debug {
+    /// Sends a reliable or latest publish to the channel's home when that is another node,
+    /// and returns where its answer will come; `None` when this node is the home.
+    fn forward(
+        &self,
+        p: &crate::hub::Publish<'_>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<crate::protocol::Position, crate::hub::Error>>>;
+    /// A datagram was published here: hand it to the interested nodes.
+    fn datagram(&self, p: &crate::hub::Publish<'_>);
+    /// A client URL of another node of this region, for drained clients.
+    fn reconnect_hint(&self) -> Option<String>;
+}
+
+/// What publishing did.
+#[derive(Debug)]
+pub enum Published {
+    /// Done here (sequenced, or refused).
+    Done(Result<crate::protocol::Position, crate::hub::Error>),
+    /// Sent to the channel's home; its answer comes on this channel.
+    Forwarded(tokio::sync::oneshot::Receiver<Result<crate::protocol::Position, crate::hub::Error>>),
+}
+
+/// How long a publish forwarded to the channel's home may take.
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Published {
+    /// Waits for the outcome (bounded by [`FORWARD_TIMEOUT`]).
+    pub async fn wait(self) -> Result<crate::protocol::Position, crate::hub::Error> {
+        match self {
+            Published::Done(r) => r,
+            Published::Forwarded(rx) => match tokio::time::timeout(FORWARD_TIMEOUT, rx).await {
+                Ok(Ok(r)) => r,
+                _ => Err(crate::hub::Error::new(
+                    ErrorCode::Unavailable,
+                    "the channel's home did not answer; publish again",
+                )),
+            },
+        }
+    }
+}
+
 /// Everything sessions share: the hub, the verifier, settings, and the session registry.
 #[derive(Debug)]
 pub struct Shared {
@@ -111,6 +153,8 @@ pub struct Shared {
     pub node: Node,
     /// Node-wide admission limits.
     pub admission: Arc<super::admission::Admission>,
+    /// The relay mesh, when this node is part of one.
+    pub relay: std::sync::OnceLock<Arc<dyn Relay>>,
     pub(super) next_id: AtomicU64,
     pub(super) registry: Mutex<HashMap<u64, Registered>>,
     /// Notified when the last session leaves.
@@ -147,6 +191,7 @@ impl Shared {
             config,
             node,
             admission: super::admission::Admission::new(limits),
+            relay: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             registry: Mutex::new(HashMap::new()),
             emptied: Notify::new(),
@@ -165,6 +210,31 @@ impl Shared {
         let r = self.registry.lock();
         let wt = r.values().filter(|s| s.kind == Kind::WebTransport).count();
         (wt, r.len() - wt)
+    }
+
+    /// Publishes through the mesh when there is one: reliable and latest go to the channel's
+    /// home, datagrams fan out here and to interested nodes.
+    pub fn publish(&self, p: crate::hub::Publish<'_>, now_ms: u64) -> Published {
+        let Some(relay) = self.relay.get() else {
+            return Published::Done(self.hub.publish(p, now_ms));
+        };
+        if p.mode == crate::protocol::Mode::Datagram {
+            let r = self.hub.publish(
+                crate::hub::Publish {
+                    data: p.data.clone(),
+                    ..p
+                },
+                now_ms,
+            );
+            if r.is_ok() {
+                relay.datagram(&p);
+            }
+            return Published::Done(r);
+        }
+        match relay.forward(&p) {
+            Some(rx) => Published::Forwarded(rx),
+            None => Published::Done(self.hub.publish(p, now_ms)),
+        }
     }
 
     /// Frames and bytes queued in every session's outbox.
