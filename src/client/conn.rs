@@ -14,6 +14,23 @@ fn client_config(cert: &CertCheck) -> wtransport::ClientConfig {
     b.keep_alive_interval(Some(Duration::from_secs(5))).build()
 }
 
+/// A refused upgrade whose body is the server's JSON error (`{code, reason}`, e.g. a `429`
+/// with `TooManyConnections`) becomes [`Error::Server`]; anything else a connect error.
+fn refused_upgrade(e: tokio_tungstenite::tungstenite::Error) -> Error {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        code: u16,
+        reason: String,
+    }
+    if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e
+        && let Some(b) = resp.body()
+        && let Ok(Body { code, reason }) = serde_json::from_slice::<Body>(b)
+    {
+        return Error::Server { code, reason };
+    }
+    Error::Connect(e.to_string())
+}
+
 /// Strips the WebTransport quarter-stream-id varint from a raw QUIC datagram.
 fn strip_session_prefix(d: &[u8]) -> Option<&[u8]> {
     let first = *d.first()?;
@@ -99,7 +116,7 @@ impl Client {
         let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| Error::Connect("WebSocket connect timed out".into()))?
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(refused_upgrade)?;
         let (sink, mut stream) = ws.split();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {

@@ -648,6 +648,20 @@ impl Client {
         }
     }
 
+    /// Replaces the session's credential (answer to [`Event::TokenExpiring`]). The new token
+    /// must be for the same user.
+    pub async fn refresh(&self, token: &str) -> Result<(), Error> {
+        let id = self.id();
+        let f = ClientFrame::Refresh {
+            id,
+            token: token.into(),
+        };
+        match self.request(id, f).await? {
+            ServerFrame::Ok { .. } => Ok(()),
+            other => Err(Error::Protocol(format!("expected Ok, got {other:?}"))),
+        }
+    }
+
     /// Sends raw bytes as one frame (tests of the server's bad-input handling).
     pub async fn send_raw(&self, body: &[u8]) -> Result<(), Error> {
         match &self.inner.sender {

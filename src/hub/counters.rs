@@ -56,6 +56,16 @@ pub struct Counters {
     pub rtt: Histogram,
     /// Subscriptions open now.
     pub subscriptions: AtomicI64,
+    /// Client connections admitted and open now (both transports, handshakes included).
+    pub connections_open: AtomicI64,
+    /// Connections refused: too many from one address.
+    pub refused_per_address: AtomicU64,
+    /// Connections refused: the node holds `max_connections`.
+    pub refused_node_full: AtomicU64,
+    /// Connections refused: over the node's new-connection rate.
+    pub refused_rate: AtomicU64,
+    /// Of the refused, those dropped without an explanation (too many refusals at once).
+    pub refused_silently: AtomicU64,
 }
 
 impl Counters {

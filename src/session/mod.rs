@@ -146,17 +146,6 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
 ) {
     let span = info_span!("session", transport = kind.name(), %peer, sid = tracing::field::Empty, user = tracing::field::Empty);
     async move {
-        // Node-wide limits first: a refused connection costs no more than this.
-        let _ticket = match shared.admission.admit(peer.ip()) {
-            Ok(t) => t,
-            Err((code, reason)) => {
-                shared.hub.counters().handshake_failed(code.name());
-                debug!(%code, %reason, "connection refused");
-                let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, Some(f))).await;
-                return;
-            }
-        };
         let cfg = &shared.config;
         let hello = tokio::time::timeout(
             Duration::from_secs(cfg.handshake_timeout_secs),

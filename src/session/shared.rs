@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use super::Kind;
+use super::admission::{self, Admission};
 use crate::auth::Verifier;
 use crate::hub::outbox::Config as OutboxConfig;
 use crate::hub::{Hub, Outbox};
@@ -151,8 +152,8 @@ pub struct Shared {
     pub config: Config,
     /// Node identity.
     pub node: Node,
-    /// Node-wide admission limits.
-    pub admission: Arc<super::admission::Admission>,
+    /// Connection admission (`[limits]`), used by both transports.
+    pub admission: Arc<Admission>,
     /// The relay mesh, when this node is part of one.
     pub relay: std::sync::OnceLock<Arc<dyn Relay>>,
     pub(super) next_id: AtomicU64,
@@ -172,25 +173,32 @@ pub(super) struct Registered {
 }
 
 impl Shared {
-    /// Builds the shared state.
+    /// Builds the shared state with the default `[limits]`.
     pub fn new(hub: Hub, verifier: Verifier, config: Config, node: Node) -> Arc<Self> {
-        Self::with_limits(hub, verifier, config, node, Default::default())
+        Self::with_limits(
+            hub,
+            verifier,
+            config,
+            node,
+            admission::LimitsConfig::default(),
+        )
     }
 
-    /// Builds the shared state with node-wide admission limits.
+    /// Builds the shared state with connection limits.
     pub fn with_limits(
         hub: Hub,
         verifier: Verifier,
         config: Config,
         node: Node,
-        limits: super::admission::LimitsConfig,
+        limits: admission::LimitsConfig,
     ) -> Arc<Self> {
+        let admission = Admission::new(limits, hub.counters().clone());
         Arc::new(Shared {
             hub,
             verifier,
             config,
             node,
-            admission: super::admission::Admission::new(limits),
+            admission,
             relay: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             registry: Mutex::new(HashMap::new()),

@@ -179,6 +179,24 @@ pub fn render(
     }
     family(
         o,
+        "edgegate_connections",
+        "gauge",
+        "Client connections admitted and open now (both transports).",
+    )
+    .value(i(&c.connections_open));
+    family(
+        o,
+        "edgegate_connections_refused_total",
+        "counter",
+        "Client connections refused by [limits], by reason; `silent` counts those of them \
+         dropped without an error frame because too many refusals were in flight.",
+    )
+    .labeled(&[("reason", "per_address")], u(&c.refused_per_address))
+    .labeled(&[("reason", "node_full")], u(&c.refused_node_full))
+    .labeled(&[("reason", "rate")], u(&c.refused_rate))
+    .labeled(&[("reason", "silent")], u(&c.refused_silently));
+    family(
+        o,
         "edgegate_request_errors_total",
         "counter",
         "Client requests refused with an error.",

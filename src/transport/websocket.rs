@@ -7,14 +7,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use tracing::debug;
 
 use crate::hub::Item;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, ServerFrame, encode_server};
+use crate::session::admission::Refusal;
 use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
 
 /// tungstenite's read buffer per connection, bytes. Its default (128 KiB) is zero-filled up to
@@ -35,6 +38,10 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let max = shared.config.max_frame as usize;
+    let permit = match shared.admission.admit(peer.ip(), std::time::Instant::now()) {
+        Ok(p) => p,
+        Err(refusal) => return refuse(ws, &shared, refusal),
+    };
     // tungstenite's own limit sits above ours so an oversize frame reaches the session and
     // gets a clear FrameTooLarge error; far larger ones are cut off by tungstenite.
     ws.max_message_size(max * 2)
@@ -45,7 +52,35 @@ async fn upgrade(
             let reader = Reader { stream, max };
             let writer = Writer { sink };
             session::run(shared, Kind::WebSocket, peer, reader, writer).await;
+            drop(permit);
         })
+}
+
+/// Tells a refused client why. While refusal slots last, the upgrade completes and the
+/// client gets a fatal `Error` frame and close code 4204 (`TooManyConnections`), which a
+/// browser can read (it cannot read the status of a failed upgrade). Past that, a plain
+/// `429` with the same JSON error body as the HTTP API: cheap, and still readable by
+/// non-browser clients.
+fn refuse(ws: WebSocketUpgrade, shared: &Shared, refusal: Refusal) -> Response {
+    let code = refusal.code();
+    let reason = refusal.reason();
+    debug!(reason = %reason, "refused: {}", refusal.label());
+    let Some(slot) = shared.admission.refusal_slot() else {
+        let body =
+            serde_json::json!({ "code": code.code(), "name": code.name(), "reason": reason });
+        return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    };
+    ws.on_upgrade(move |socket| async move {
+        let (sink, _stream) = socket.split();
+        let mut writer = Writer { sink };
+        let frame = encode_server(&ServerFrame::fatal(code, reason.clone()));
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            writer.close(code, &reason, Some(frame)),
+        )
+        .await;
+        drop(slot);
+    })
 }
 
 struct Reader {
@@ -58,7 +93,7 @@ impl FrameRead for Reader {
         loop {
             match self.stream.next().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(TransportError::Io(e.to_string())),
+                Some(Err(e)) => return Err(read_error(e, self.max)),
                 Some(Ok(Message::Binary(b))) => {
                     if b.len() > self.max {
                         return Err(TransportError::Protocol {
@@ -84,6 +119,20 @@ impl FrameRead for Reader {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             }
         }
+    }
+}
+
+/// A message over tungstenite's own cap (twice `max_frame`) fails inside tungstenite; it is
+/// still an oversize frame to the client, not a broken connection.
+fn read_error(e: axum::Error, max: usize) -> TransportError {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(c)) => TransportError::Protocol {
+            code: ErrorCode::FrameTooLarge,
+            reason: format!("frame exceeds the {max}-byte limit ({c})"),
+        },
+        _ => TransportError::Io(inner.to_string()),
     }
 }
 

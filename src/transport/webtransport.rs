@@ -21,7 +21,8 @@ use wtransport::quinn;
 use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
 use crate::hub::{Item, Lane};
-use crate::protocol::{ErrorCode, StreamDecoder, frame_len};
+use crate::protocol::{ErrorCode, ServerFrame, StreamDecoder, encode_server, frame_len};
+use crate::session::admission::{Permit, Refusal};
 use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
 
 /// UDP socket buffer asked for, bytes (8 MiB): with the 208 KB default, handshakes are lost
@@ -87,12 +88,58 @@ pub async fn serve(
             i = endpoint.accept() => i,
             _ = shutdown.cancelled() => break,
         };
-        let shared = shared.clone();
-        tracker.spawn(handle(incoming, shared));
+        let peer = incoming.remote_address();
+        match shared.admission.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(permit) => {
+                tracker.spawn(handle(incoming, shared.clone(), permit));
+            }
+            Err(refusal) => match shared.admission.refusal_slot() {
+                Some(slot) => {
+                    tracker.spawn(refuse(incoming, shared.clone(), refusal, slot));
+                }
+                None => incoming.refuse(),
+            },
+        }
     }
 }
 
-async fn handle(incoming: IncomingSession, shared: Arc<Shared>) {
+/// Tells a refused client why: completes the handshake, accepts the CONNECT, and answers its
+/// control stream with a fatal `Error` (`TooManyConnections`) before closing with the same
+/// code. A rejected CONNECT (HTTP 429) would be cheaper, but neither browsers nor wtransport
+/// let a client read the status of a rejected WebTransport session; an error frame they read
+/// like any other. Bounded by the handshake timeout and by the caller's refusal slot.
+async fn refuse(
+    incoming: IncomingSession,
+    shared: Arc<Shared>,
+    refusal: Refusal,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let peer = incoming.remote_address();
+    let timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
+    let reached = tokio::time::timeout(timeout, async {
+        let request = incoming.await.ok()?;
+        let conn = request.accept().await.ok()?;
+        let (send, _recv) = conn.accept_bi().await.ok()?;
+        Some((conn, send))
+    })
+    .await;
+    let reason = refusal.reason();
+    debug!(%peer, reason = %reason, "refused: {}", refusal.label());
+    let Ok(Some((conn, control))) = reached else {
+        return;
+    };
+    let mut writer = Writer {
+        conn,
+        control,
+        lanes: HashMap::new(),
+        single_stream: false,
+        bufs: Vec::new(),
+    };
+    let frame = encode_server(&ServerFrame::fatal(refusal.code(), reason.clone()));
+    writer.close(refusal.code(), &reason, Some(frame)).await;
+}
+
+async fn handle(incoming: IncomingSession, shared: Arc<Shared>, _permit: Permit) {
     let peer = incoming.remote_address();
     let timeout = Duration::from_secs(shared.config.handshake_timeout_secs);
     let request = match tokio::time::timeout(timeout, incoming).await {

@@ -82,6 +82,14 @@ impl TestNode {
             .expect("connect")
     }
 
+    /// Connects over `t` with a token.
+    pub async fn connect_with(&self, t: TransportChoice, token: &str) -> Client {
+        tokio::time::timeout(WAIT, Client::connect(self.options(t).token(token)))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
     /// HTTP request with the API key; returns (status, body).
     pub async fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         http(self.addr, method, path, Some(&self.api_key), body).await
