@@ -107,7 +107,7 @@ impl Default for NodeConfig {
 }
 
 /// `[tls]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain. Without one a self-signed certificate is generated (dev only).
@@ -116,6 +116,21 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// Extra names for the generated dev certificate (it always has localhost, 127.0.0.1, ::1).
     pub dev_names: Vec<String>,
+    /// Seconds between checks of `cert` and `key` for changes (0: reload on SIGHUP only).
+    pub reload_poll_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            dev_names: Vec::new(),
+            // Certificate renewals land hours or days ahead of expiry; 5 s is prompt and
+            // costs two stat calls.
+            reload_poll_secs: 5,
+        }
+    }
 }
 
 /// `[api]`.

@@ -33,7 +33,7 @@ use crate::mesh::Mesh;
 use crate::protocol::Mode;
 use crate::session::{Node, Shared, now_ms};
 use crate::tls;
-use crate::transport::{websocket, webtransport};
+use crate::transport::{tcp, websocket, webtransport};
 
 /// A node, bound and ready to run.
 pub struct Gateway {
@@ -44,6 +44,7 @@ pub struct Gateway {
     api: Arc<ApiState>,
     endpoint: Endpoint<Server>,
     tcp: tokio::net::TcpListener,
+    certs: Arc<tls::Certs>,
     local_addr: SocketAddr,
 }
 
@@ -58,11 +59,14 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Loads certificates and keys, binds the sockets, builds the node.
     pub async fn load(config: Config) -> anyhow::Result<Gateway> {
-        let identity = match (&config.tls.cert, &config.tls.key) {
-            (Some(cert), Some(key)) => tls::load_identity(cert, key).await?,
-            _ => tls::dev_identity(&config.tls.dev_names)?,
+        let certs = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => tls::Certs::from_files(cert, key).with_context(|| {
+                format!("tls: loading {} and {}", cert.display(), key.display())
+            })?,
+            _ => tls::Certs::from_identity(&tls::dev_identity(&config.tls.dev_names)?)
+                .context("tls: the dev certificate")?,
         };
-        let cert_sha256 = tls::cert_sha256(&identity);
+        let cert_sha256 = certs.sha256();
         let verifier = Verifier::new(&config.auth).context("auth")?;
         let counters = Arc::new(Counters::default());
         let mesh_stop = CancellationToken::new();
@@ -119,7 +123,7 @@ impl Gateway {
         let (udp, tcp) = bind_pair(config.listen)?;
         let local_addr = tcp.local_addr()?;
         let idle = Duration::from_secs(config.session.idle_timeout_secs);
-        let endpoint = webtransport::endpoint(udp, identity, idle)?;
+        let endpoint = webtransport::endpoint(udp, &certs, idle)?;
         let api = Arc::new(ApiState {
             shared: shared.clone(),
             key: api_key,
@@ -144,6 +148,7 @@ impl Gateway {
             api,
             endpoint,
             tcp: tokio::net::TcpListener::from_std(tcp)?,
+            certs,
             local_addr,
         })
     }
@@ -173,6 +178,16 @@ impl Gateway {
         self.api.cert_sha256.read().clone()
     }
 
+    /// Whether the TCP port speaks TLS (HTTPS, WSS): when a certificate is configured.
+    pub fn tls_on_tcp(&self) -> bool {
+        self.config.tls.cert.is_some()
+    }
+
+    /// The certificates in force; [`tls::Certs::reload`] swaps them (as `SIGHUP` does).
+    pub fn certs(&self) -> &Arc<tls::Certs> {
+        &self.certs
+    }
+
     /// The line `serve` prints when ready: URLs, certificate hash, API key.
     pub fn ready_line(&self) -> String {
         let host = match self.local_addr.ip() {
@@ -181,8 +196,13 @@ impl Gateway {
             ip => ip.to_string(),
         };
         let port = self.local_addr.port();
+        let (http, ws) = if self.tls_on_tcp() {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
         format!(
-            "ready http=http://{host}:{port} wt=https://{host}:{port}/wt ws=ws://{host}:{port}/ws cert_sha256={} api_key={}",
+            "ready http={http}://{host}:{port} wt=https://{host}:{port}/wt ws={ws}://{host}:{port}/ws cert_sha256={} api_key={}",
             self.cert_sha256(),
             self.api_key().unwrap_or("-"),
         )
@@ -199,6 +219,7 @@ impl Gateway {
             api,
             endpoint,
             tcp,
+            certs,
             local_addr,
         } = self;
         let tracker = TaskTracker::new();
@@ -211,19 +232,42 @@ impl Gateway {
             tracker.clone(),
         ));
         let app = api::router(api.clone()).merge(websocket::router(shared.clone()));
-        let http_stop = stop.clone();
-        tracker.spawn(async move {
-            use axum::serve::ListenerExt;
-            // Small frames must not wait for Nagle.
-            let tcp = tcp.tap_io(|io| {
-                let _ = io.set_nodelay(true);
-            });
-            let serve = axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(http_stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                warn!(error = %e, "HTTP server failed");
-            }
-        });
+        let tls_tcp = config
+            .tls
+            .cert
+            .is_some()
+            .then(|| Arc::new(certs.tcp_server_config()));
+        tracker.spawn(tcp::serve(
+            tcp,
+            app,
+            tls_tcp,
+            Duration::from_secs(config.session.handshake_timeout_secs),
+            shared.hub.counters().clone(),
+            stop.clone(),
+            tracker.clone(),
+        ));
+        {
+            let api = api.clone();
+            tracker.spawn(tls::watch(
+                certs,
+                Duration::from_secs(config.tls.reload_poll_secs),
+                move |r| {
+                    let c = api.shared.hub.counters();
+                    match r {
+                        Ok(sha) => {
+                            *api.cert_sha256.write() = sha.to_string();
+                            c.cert_reloads
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            c.cert_reload_failures
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                },
+                stop.clone(),
+            ));
+        }
         tracker.spawn(sweep(shared.clone(), stop.clone()));
         if config.is_dev() {
             tracker.spawn(demo_ticker(shared.clone(), stop.clone()));

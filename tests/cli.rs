@@ -61,6 +61,7 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
 
 fn addr(s: &Served) -> std::net::SocketAddr {
     s.fields["http"]
+        .trim_start_matches("https://")
         .trim_start_matches("http://")
         .parse()
         .expect("addr")
@@ -181,8 +182,11 @@ async fn config_file_env_and_flags_combine_with_flags_winning() {
     );
     let a = addr(&s);
     assert_eq!(s.fields["api_key"], "file-key-file-key-file-key");
+    // A certificate is configured: the TCP port speaks TLS.
+    assert!(s.fields["http"].starts_with("https://"), "{:?}", s.fields);
+    assert!(s.fields["ws"].starts_with("wss://"), "{:?}", s.fields);
     let c = Client::connect(
-        Options::new(format!("http://{a}"))
+        Options::new(format!("https://{a}"))
             .transport(TransportChoice::WebTransport)
             .dev_insecure(),
     )
@@ -200,6 +204,100 @@ async fn config_file_env_and_flags_combine_with_flags_winning() {
         .expect_err("anonymous publish refused");
     assert_eq!(err.code(), Some(edgegate::protocol::ErrorCode::Forbidden));
     drop(c);
+    assert!(sigterm_and_wait(s).success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes a fresh 13-day ECDSA pair (pinnable by hash) and returns its hex SHA-256.
+fn write_identity(cert: &std::path::Path, key: &std::path::Path) -> String {
+    let id = edgegate::tls::dev_identity(&[]).expect("identity");
+    let chain: String = id
+        .certificate_chain()
+        .as_slice()
+        .iter()
+        .map(|c| c.to_pem())
+        .collect();
+    std::fs::write(key, id.private_key().to_secret_pem()).expect("key");
+    std::fs::write(cert, chain).expect("cert");
+    edgegate::tls::cert_sha256(&id)
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files_without_dropping_sessions() {
+    let dir = temp_dir("hup");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let old = write_identity(&cert, &key);
+    let s = serve(
+        &[
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().expect("utf8"),
+            "--tls-key",
+            key.to_str().expect("utf8"),
+            // Only the signal reloads.
+            "--set",
+            "tls.reload_poll_secs=0",
+        ],
+        &[],
+    );
+    assert_eq!(s.fields["cert_sha256"], old);
+    let url = format!("https://{}", addr(&s));
+    let pinned = |sha: &str| {
+        Options::new(url.clone())
+            .transport(TransportChoice::WebTransport)
+            .cert_sha256(sha)
+            .expect("hash")
+    };
+    let open = Client::connect(pinned(&old)).await.expect("connect");
+    open.subscribe("chat:hup", SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    let new = write_identity(&cert, &key);
+    assert!(
+        Client::connect(pinned(&new)).await.is_err(),
+        "no reload before the signal"
+    );
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    // The signal is handled asynchronously: poll the observable result, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let fresh = loop {
+        if let Ok(c) = Client::connect(pinned(&new)).await {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    fresh
+        .publish("chat:hup", edgegate::protocol::Mode::Reliable, None, "x")
+        .await
+        .expect("publish");
+    let mut open = open;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), open.next_event())
+            .await
+            .expect("event in time")
+            .expect("the session opened before the reload is still up")
+        {
+            edgegate::client::Event::Message(m) => {
+                assert_eq!(m.data.as_ref(), b"x");
+                break;
+            }
+            _ => continue,
+        }
+    }
+    drop((open, fresh));
     assert!(sigterm_and_wait(s).success());
     let _ = std::fs::remove_dir_all(dir);
 }

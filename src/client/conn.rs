@@ -14,6 +14,34 @@ fn client_config(cert: &CertCheck) -> wtransport::ClientConfig {
     b.keep_alive_interval(Some(Duration::from_secs(5))).build()
 }
 
+/// TLS for `wss://`, checking the server as WebTransport does: system roots, a pinned
+/// SHA-256 (same rules as `serverCertificateHashes`: ECDSA, at most 14 days), or nothing.
+fn wss_client_config(cert: &CertCheck) -> rustls::ClientConfig {
+    use wtransport::tls::client::{NoServerVerification, ServerHashVerification};
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("invariant: ring supports the default TLS versions");
+    let mut c = match cert {
+        CertCheck::System => b
+            .with_root_certificates(wtransport::tls::build_native_cert_store())
+            .with_no_client_auth(),
+        CertCheck::Sha256(h) => b
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerHashVerification::new([
+                wtransport::tls::Sha256Digest::new(*h),
+            ])))
+            .with_no_client_auth(),
+        CertCheck::Insecure => b
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoServerVerification::new()))
+            .with_no_client_auth(),
+    };
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c
+}
+
 /// A refused upgrade whose body is the server's JSON error (`{code, reason}`, e.g. a `429`
 /// with `TooManyConnections`) becomes [`Error::Server`]; anything else a connect error.
 fn refused_upgrade(e: tokio_tungstenite::tungstenite::Error) -> Error {
@@ -113,7 +141,10 @@ impl Client {
     pub(super) async fn connect_ws(opts: &Options) -> Result<Client, Error> {
         let (secure, hostport) = opts.parts()?;
         let url = format!("{}://{hostport}/ws", if secure { "wss" } else { "ws" });
-        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(url))
+        let connector = secure
+            .then(|| tokio_tungstenite::Connector::Rustls(Arc::new(wss_client_config(&opts.cert))));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
+        let (ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, connect)
             .await
             .map_err(|_| Error::Connect("WebSocket connect timed out".into()))?
             .map_err(refused_upgrade)?;

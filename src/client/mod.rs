@@ -59,7 +59,7 @@ pub enum TransportChoice {
     WebSocket,
 }
 
-/// How the WebTransport server certificate is checked.
+/// How the server certificate is checked (WebTransport, and `wss://` for `https://` URLs).
 #[derive(Debug, Clone)]
 pub enum CertCheck {
     /// The system's root certificates.
@@ -79,7 +79,7 @@ pub struct Options {
     pub token: String,
     /// Transport.
     pub transport: TransportChoice,
-    /// Certificate check for WebTransport.
+    /// Certificate check for WebTransport and, with an `https://` URL, for `wss://`.
     pub cert: CertCheck,
     /// Ask for every frame on the control stream.
     pub single_stream: bool,

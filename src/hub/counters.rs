@@ -66,6 +66,10 @@ pub struct Counters {
     pub refused_rate: AtomicU64,
     /// Of the refused, those dropped without an explanation (too many refusals at once).
     pub refused_silently: AtomicU64,
+    /// Certificate reloads that changed the certificate in force.
+    pub cert_reloads: AtomicU64,
+    /// New certificate pairs refused (the old pair stayed).
+    pub cert_reload_failures: AtomicU64,
 }
 
 impl Counters {

@@ -197,6 +197,14 @@ pub fn render(
     .labeled(&[("reason", "silent")], u(&c.refused_silently));
     family(
         o,
+        "edgegate_certificate_reloads_total",
+        "counter",
+        "Certificate reloads from tls.cert/tls.key, by result (a refused pair keeps the old).",
+    )
+    .labeled(&[("result", "reloaded")], u(&c.cert_reloads))
+    .labeled(&[("result", "refused")], u(&c.cert_reload_failures));
+    family(
+        o,
         "edgegate_request_errors_total",
         "counter",
         "Client requests refused with an error.",

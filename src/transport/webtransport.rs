@@ -18,12 +18,13 @@ use tracing::{debug, info};
 use wtransport::endpoint::IncomingSession;
 use wtransport::endpoint::endpoint_side::Server;
 use wtransport::quinn;
-use wtransport::{Connection, Endpoint, Identity, RecvStream, SendStream, ServerConfig, VarInt};
+use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
 
 use crate::hub::{Item, Lane};
 use crate::protocol::{ErrorCode, ServerFrame, StreamDecoder, encode_server, frame_len};
 use crate::session::admission::{Permit, Refusal};
 use crate::session::{self, FrameRead, FrameWrite, Kind, Shared, TransportError, WriteReport};
+use crate::tls::Certs;
 
 /// UDP socket buffer asked for, bytes (8 MiB): with the 208 KB default, handshakes are lost
 /// under a connect burst. The kernel may grant less (`rmem_max`); the granted size is logged.
@@ -51,9 +52,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 /// Builds the server endpoint on an already bound socket.
+/// Certificates come from `certs` at every handshake, so a reload takes effect on the next
+/// connection without touching the endpoint or the sessions it holds.
 pub fn endpoint(
     socket: std::net::UdpSocket,
-    identity: Identity,
+    certs: &Arc<Certs>,
     idle_timeout: Duration,
 ) -> std::io::Result<Endpoint<Server>> {
     let mut transport = quinn::TransportConfig::default();
@@ -71,7 +74,7 @@ pub fn endpoint(
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     let config = ServerConfig::builder()
         .with_bind_socket(socket)
-        .with_custom_transport(identity, transport)
+        .with_custom_tls_and_transport(certs.quic_server_config(), transport)
         .build();
     Endpoint::server(config)
 }

@@ -206,6 +206,21 @@ async fn slowloris_without_hello_is_cut_at_the_handshake_timeout() {
         wt_close_code(&conn).await,
         Some(u64::from(ErrorCode::HandshakeTimeout.code()))
     );
+    // Plain TCP that never finishes its HTTP request is closed too.
+    let mut tcp = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("tcp");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("the server closes a connection stuck in its headers")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
     let counters = node.shared.hub.counters().clone();
     assert!(
         counters.handshake_reasons.lock()["handshake_timeout"] >= 2,
