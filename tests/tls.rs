@@ -231,3 +231,49 @@ async fn certificates_reload_without_dropping_sessions_and_a_bad_pair_keeps_the_
     node.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_cut_at_the_handshake_timeout() {
+    let dir = temp_dir();
+    write_pair(&dir);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let node = start(move |c| {
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+        c.session.handshake_timeout_secs = 1;
+    })
+    .await;
+    // Connected, then silent (and half a ClientHello on a second one).
+    let mut silent = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("tcp");
+    let mut half = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("tcp");
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+    for s in [&mut silent, &mut half] {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("the server closes a stalled TLS handshake")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    // Counted just after the socket is dropped: wait for the counter, not the socket.
+    let counters = node.shared.hub.counters().clone();
+    eventually("both timeouts counted", || {
+        counters
+            .handshake_reasons
+            .lock()
+            .get("tls_handshake_timeout")
+            == Some(&2)
+    })
+    .await;
+    // Meanwhile a real client is served.
+    let (status, _, _) = https_get(&node, "/healthz").await;
+    assert_eq!(status, 200);
+    node.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
