@@ -22,7 +22,10 @@ if [ -n "${QUICK:-}" ]; then
 else
   SUBS=1000 RATE=50 SECS=10 IDLE=10000 STEPS=14
 fi
-load() { cargo bench --bench load -q -- "$@" | tee /dev/stderr | grep '^{' >>"$OUT"; }
+# Other work on a shared machine takes CPU from the pinned server and generator; a higher
+# scheduling share (niceness -10, root) keeps each on its core. NICE=0 to leave it alone.
+NICE=${NICE:--10}
+load() { cargo bench --bench load -q -- "$@" --nice "$NICE" | tee /dev/stderr | grep '^{' >>"$OUT"; }
 
 for s in edgegate ws socketio; do
   load broadcast --server $s --transport ws --subs $SUBS --rate $RATE --secs $SECS

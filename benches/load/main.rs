@@ -52,6 +52,10 @@ struct Cli {
     /// Core this generator is pinned to; -1 for none.
     #[arg(long, global = true, default_value_t = 1, allow_hyphen_values = true)]
     client_core: i64,
+    /// Scheduling niceness for the server and the generator (e.g. -10 on a machine shared
+    /// with other work, so both get their core; needs root). 0 leaves it alone.
+    #[arg(long, global = true, default_value_t = 0, allow_hyphen_values = true)]
+    nice: i32,
     /// The edgegate binary (default: target/release/edgegate).
     #[arg(long, global = true)]
     server_bin: Option<PathBuf>,
@@ -89,6 +93,12 @@ fn main() -> ExitCode {
             cli.client_core
         );
     }
+    if cli.nice != 0
+        && !matches!(cli.command, Command::Smoke)
+        && let Err(e) = target::renice_self(cli.nice)
+    {
+        eprintln!("edgegate-load: cannot renice to {}: {e:#}", cli.nice);
+    }
     // One thread: the generator owns one core, and every client task shares it.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let machine = target::machine();
     let core = (cli.server_core >= 0).then_some(cli.server_core as usize);
-    let target = target::spawn(cli.server, core, cli.server_bin.clone())?;
+    let target = target::spawn(cli.server, core, cli.nice, cli.server_bin.clone())?;
     // Let the server settle (JIT warm-up for Node, allocator arenas for Rust).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (name, mut v) = match &cli.command {
@@ -140,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         m.insert("machine".into(), json!(machine));
         m.insert("server_core".into(), json!(cli.server_core));
         m.insert("client_core".into(), json!(cli.client_core));
+        m.insert("nice".into(), json!(cli.nice));
     }
     print_row(name, &v);
     println!("{v}");

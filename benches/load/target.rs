@@ -90,7 +90,12 @@ pub fn repo_dir() -> PathBuf {
 }
 
 /// Starts `server` pinned to `core`. `bin` overrides the edgegate binary.
-pub fn spawn(server: Server, core: Option<usize>, bin: Option<PathBuf>) -> anyhow::Result<Target> {
+pub fn spawn(
+    server: Server,
+    core: Option<usize>,
+    nice: i32,
+    bin: Option<PathBuf>,
+) -> anyhow::Result<Target> {
     let (prog, args): (PathBuf, Vec<String>) = match server {
         Server::Edgegate => {
             let bin = bin.unwrap_or_else(|| {
@@ -143,14 +148,18 @@ pub fn spawn(server: Server, core: Option<usize>, bin: Option<PathBuf>) -> anyho
             )
         }
     };
-    let mut cmd = match core {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(&prog);
-            cmd
-        }
-        None => Command::new(&prog),
-    };
+    // taskset [-c CORE] nice -n N PROG ARGS: each wrapper execs the next, so the pid is the
+    // server's.
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(c) = core {
+        argv.extend(["taskset".into(), "-c".into(), c.to_string()]);
+    }
+    if nice != 0 {
+        argv.extend(["nice".into(), "-n".into(), nice.to_string()]);
+    }
+    argv.push(prog.display().to_string());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     let log = std::env::temp_dir().join(format!("edgegate-load-{}.log", server.name()));
     cmd.args(&args)
         .env("RUST_LOG", "warn")
@@ -249,6 +258,24 @@ pub fn pin_self(core: usize) -> anyhow::Result<()> {
         .success();
     if !ok {
         bail!("taskset failed");
+    }
+    Ok(())
+}
+
+/// Sets this process's niceness (every thread).
+pub fn renice_self(nice: i32) -> anyhow::Result<()> {
+    let ok = Command::new("renice")
+        .args([
+            "-n",
+            &nice.to_string(),
+            "-p",
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        bail!("renice failed");
     }
     Ok(())
 }
