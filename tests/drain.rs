@@ -2,6 +2,8 @@
 //! sends new sessions away, spreads `GoingAway` over the lame-duck window with a reconnect
 //! hint, and the node exits when empty; `Resilient` clients follow the hint and resume.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::time::Duration;
@@ -128,4 +130,95 @@ async fn resilient_clients_lose_nothing_across_forced_reconnects() {
         assert_eq!(reconnects, 2, "cut twice");
     }
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_mesh_node_moves_its_clients_to_another_with_nothing_lost() {
+    use cluster::*;
+    const N: u64 = 600;
+    let dir = certs("drain", &["a", "b"]);
+    let b_port = free_port_pair();
+    let b_url = format!("http://127.0.0.1:{b_port}");
+    let b = node(&dir, "b", "eu", vec![], None, 0, |c| {
+        c.listen = ([127, 0, 0, 1], b_port).into();
+        c.cluster.client_url = Some(b_url.clone());
+    })
+    .await;
+    let seed = b.mesh.local_addr().expect("addr").to_string();
+    let a = node(&dir, "a", "eu", vec![seed], None, 0, |c| {
+        c.shutdown.lame_duck_secs = 1;
+        c.shutdown.deadline_secs = 10;
+    })
+    .await;
+    linked(&[&a, &b], 1).await;
+    // A channel sequenced on b, the node that stays.
+    let channel = (0..100)
+        .map(|i| format!("room:drain-{i}"))
+        .find(|ch| a.mesh.home_of(ch) == "b")
+        .expect("a channel homed on b");
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let t = if i % 2 == 0 {
+            TransportChoice::WebTransport
+        } else {
+            TransportChoice::WebSocket
+        };
+        // Two nodes, two dev certificates: skip pinning.
+        let opts = edgegate::client::Options::new(a.t.url())
+            .transport(t)
+            .dev_insecure();
+        let mut c = Resilient::connect(opts).await.expect("connect");
+        c.subscribe(&channel, SubscribeOptions::default())
+            .await
+            .expect("sub");
+        clients.push(c);
+    }
+    let ch2 = channel.clone();
+    let bm = b.mesh.clone();
+    let ch3 = ch2.clone();
+    eventually("interest at the home", move || {
+        bm.links().iter().any(|l| l.interest.lock().contains(&ch3))
+    })
+    .await;
+    // A backend keeps publishing on b (~3 s in all, paced so the stream outlasts the 1 s
+    // lame-duck window); a drains a third of the way in.
+    let publishing = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
+        for i in 1..=N {
+            tick.tick().await;
+            let body = format!(r#"{{"channel":"{ch2}","data":"{i}"}}"#);
+            let (status, reply) = b.t.api("POST", "/api/publish", Some(&body)).await;
+            assert_eq!(status, 200, "{reply}");
+            if i == N / 3 {
+                let (status, _) = a.t.api("POST", "/api/drain", Some("{}")).await;
+                assert_eq!(status, 200);
+            }
+        }
+    };
+    let receiving = futures::future::join_all(clients.iter_mut().map(|c| async move {
+        let mut got = Vec::new();
+        while got.len() < N as usize {
+            match tokio::time::timeout(WAIT, c.next_event()).await {
+                Ok(Some(Event::Message(m))) => got.push(m.offset),
+                Ok(Some(Event::Resync { .. })) => panic!("b's history covers the move"),
+                Ok(Some(_)) => {}
+                other => panic!("stream ended after {}: {other:?}", got.len()),
+            }
+        }
+        let node = c.client().map(|x| x.welcome().node_id.clone());
+        (got, node, c.reconnects())
+    }));
+    let ((), results) = tokio::join!(publishing, receiving);
+    let expected: Vec<u64> = (1..=N).collect();
+    for (got, node, reconnects) in results {
+        assert_eq!(got, expected, "0 lost, 0 duplicated");
+        assert_eq!(node.as_deref(), Some("b"), "ended on b");
+        assert!(reconnects >= 1);
+    }
+    tokio::time::timeout(WAIT, a.t.handle)
+        .await
+        .expect("a exits when empty")
+        .expect("join")
+        .expect("clean");
+    b.t.stop().await;
 }

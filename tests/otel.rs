@@ -1,6 +1,8 @@
 //! OpenTelemetry export end to end: a small OTLP/HTTP receiver runs in-process, a node
 //! exports to it, and spans (session, request) and metrics (node counters) arrive.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::sync::Arc;
@@ -35,6 +37,23 @@ async fn collect(State(r): State<Arc<Received>>, Path(signal): Path<String>, bod
 }
 
 impl Received {
+    /// Waits (bounded) until `f` holds over everything received (evaluated without the lock).
+    async fn wait_until(&self, what: &str, f: impl Fn(&Received) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let n = self.arrived.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if f(self) {
+                return;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, n).await.is_ok(),
+                "no export with {what}"
+            );
+        }
+    }
+
     /// Waits (bounded) until some body of `signal` satisfies `f`.
     async fn wait_for(&self, signal: &str, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -77,7 +96,39 @@ fn metric_names(v: &serde_json::Value) -> Vec<String> {
     out
 }
 
-#[tokio::test]
+/// (trace id, span name, parent span id) of every span received so far.
+fn received_spans(r: &Received) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (signal, v) in r.bodies.lock().iter() {
+        if signal != "traces" {
+            continue;
+        }
+        for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    out.push((
+                        s["traceId"].as_str().unwrap_or_default().to_string(),
+                        s["name"].as_str().unwrap_or_default().to_string(),
+                        s["parentSpanId"].as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A `relay.sequence` span (on the home) in the same trace as a publish `request` span (on
+/// the origin node).
+fn crossing_trace(spans: &[(String, String, String)]) -> bool {
+    spans.iter().any(|(trace, name, parent)| {
+        name == "relay.sequence"
+            && !parent.is_empty()
+            && spans.iter().any(|(t, n, _)| t == trace && n == "request")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_metrics_reach_an_otlp_receiver() {
     let received = Arc::new(Received::default());
     let app = Router::new()
@@ -143,6 +194,34 @@ async fn spans_and_metrics_reach_an_otlp_receiver() {
     let attrs = traces["resourceSpans"][0]["resource"]["attributes"].to_string();
     assert!(attrs.contains("otel-node"), "{attrs}");
     node.stop().await;
+
+    // One publish followed across the mesh hop: the request span on the origin node and
+    // the sequencing span on the channel's home share a trace.
+    let dir = cluster::certs("otel", &["oa", "ob"]);
+    let a = cluster::node(&dir, "oa", "eu", vec![], None, 0, |_| {}).await;
+    let seed = a.mesh.local_addr().expect("addr").to_string();
+    let b = cluster::node(&dir, "ob", "eu", vec![seed], None, 0, |_| {}).await;
+    cluster::linked(&[&a, &b], 1).await;
+    let channel = (0..100)
+        .map(|i| format!("room:traced-{i}"))
+        .find(|ch| b.mesh.home_of(ch) == "oa")
+        .expect("a channel homed on oa");
+    let c = b.t.connect(TransportChoice::WebSocket).await;
+    c.publish(&channel, Mode::Reliable, None, "across")
+        .await
+        .expect("publish through the home");
+    let o = otel.clone();
+    tokio::task::spawn_blocking(move || o.flush())
+        .await
+        .expect("flush");
+    received
+        .wait_until("a trace crossing two nodes", |r| {
+            crossing_trace(&received_spans(r))
+        })
+        .await;
+    for n in [a, b] {
+        n.t.stop().await;
+    }
     tokio::task::spawn_blocking(move || otel.shutdown())
         .await
         .expect("shutdown");
