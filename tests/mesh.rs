@@ -382,3 +382,77 @@ async fn a_node_with_another_clusters_certificate_is_refused() {
         n.t.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_works_on_a_node_that_did_not_replicate_the_channel() {
+    let dir = certs("recover", &["a", "b", "c"]);
+    let a = node(&dir, "a", "eu", vec![], None, 0, |_| {}).await;
+    let seed = a.mesh.local_addr().expect("addr").to_string();
+    let b = node(&dir, "b", "eu", vec![seed.clone()], None, 0, |_| {}).await;
+    let c = node(&dir, "c", "eu", vec![seed], None, 0, |_| {}).await;
+    linked(&[&a, &b, &c], 2).await;
+    let channel = (0..100)
+        .map(|i| format!("room:move-{i}"))
+        .find(|ch| a.mesh.home_of(ch) == "c")
+        .expect("a channel homed on c");
+    let publish = |i: u32| {
+        let body = format!(r#"{{"channel":"{channel}","data":"{i}"}}"#);
+        let node = &c.t;
+        async move {
+            let (status, reply) = node.api("POST", "/api/publish", Some(&body)).await;
+            assert_eq!(status, 200, "{reply}");
+        }
+    };
+    // A client on a follows the channel for a while...
+    let mut x = a.t.connect(WT).await;
+    x.subscribe(&channel, SubscribeOptions::default())
+        .await
+        .expect("sub");
+    let am = c.mesh.clone();
+    let ch = channel.clone();
+    eventually("a's interest at the home", move || {
+        am.links()
+            .iter()
+            .any(|l| l.peer.node_id == "a" && l.interest.lock().contains(&ch))
+    })
+    .await;
+    for i in 1..=50 {
+        publish(i).await;
+    }
+    let mut last = None;
+    for _ in 1..=50 {
+        let m = next_on(&mut x, &channel).await.expect("message");
+        last = Some(edgegate::protocol::Position {
+            epoch: m.epoch,
+            offset: m.offset,
+        });
+    }
+    drop(x);
+    for i in 51..=80 {
+        publish(i).await;
+    }
+    // ...then reconnects to b, which has never seen the channel, and recovers there.
+    assert!(
+        b.t.shared.hub.position(&channel).is_none(),
+        "b holds no replica yet"
+    );
+    let mut y = b.t.connect(WS).await;
+    let s = y
+        .subscribe(
+            &channel,
+            SubscribeOptions {
+                recover: last,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("resubscribe on b");
+    assert!(s.recovered, "b fetched the home's history before answering");
+    for i in 51..=80u32 {
+        let m = next_on(&mut y, &channel).await.expect("recovered message");
+        assert_eq!(m.data, Bytes::from(i.to_string()));
+    }
+    for n in [a, b, c] {
+        n.t.stop().await;
+    }
+}

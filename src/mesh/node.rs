@@ -110,9 +110,14 @@ pub(super) struct Core {
     pub(super) refused: AtomicU64,
     pub(super) stop: CancellationToken,
     pub(super) hooks: Arc<Hooks>,
+    /// Subscribes waiting for this replica to reach a position: channel → (wanted, waiter).
+    pub(super) waiting: Mutex<HashMap<String, Vec<Waiter>>>,
     /// The session state, for presence reads (set once the gateway is built).
     pub(super) shared: OnceLock<Weak<Shared>>,
 }
+
+/// A subscribe waiting for the replica to reach a position.
+pub(super) type Waiter = (Position, oneshot::Sender<()>);
 
 /// Where the home's answer to a forwarded publish goes.
 type Answer = oneshot::Sender<Result<Position, hub::Error>>;
@@ -200,6 +205,7 @@ impl Mesh {
             stop,
             hooks: seed.hooks,
             shared: OnceLock::new(),
+            waiting: Mutex::new(HashMap::new()),
         });
         tokio::spawn(super::net::accept_loop(core.clone()));
         tokio::spawn(super::net::dial_loop(core.clone()));
@@ -522,7 +528,9 @@ impl Core {
                 }
                 let _e = span.enter();
                 self.homed.lock().remove(&channel);
-                match self.hub.apply_remote(&channel, epoch, entry, now_ms()) {
+                let applied = self.hub.apply_remote(&channel, epoch, entry, now_ms());
+                self.wake_waiting(&channel);
+                match applied {
                     Ok(Applied::Gap { have }) => {
                         debug!(%channel, ?have, "gap: asking the home");
                         link.send(&PeerFrame::Sync {
@@ -539,6 +547,7 @@ impl Core {
                 if let Err(e) = self.hub.reset_remote(&channel, position) {
                     debug!(%channel, error = %e.reason, "reset refused");
                 }
+                self.wake_waiting(&channel);
             }
             PeerFrame::Datagram {
                 channel,
@@ -561,6 +570,29 @@ impl Core {
             } => self
                 .hub
                 .remote_presence(&link.peer.node_id, &channel, member, join),
+        }
+    }
+
+    /// Resolves waiting subscribes the replica can now serve, or never will (another epoch).
+    fn wake_waiting(&self, channel: &str) {
+        let mut w = self.waiting.lock();
+        let Some(list) = w.get_mut(channel) else {
+            return;
+        };
+        let Some(pos) = self.hub.position(channel) else {
+            return;
+        };
+        let (done, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(list).into_iter().partition(|(want, tx)| {
+                tx.is_closed() || pos.epoch != want.epoch || pos.offset >= want.offset
+            });
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+        if keep.is_empty() {
+            w.remove(channel);
+        } else {
+            *list = keep;
         }
     }
 
@@ -717,6 +749,29 @@ impl Relay for Mesh {
                 l.send_encoded(&frame);
             }
         }
+    }
+
+    fn prepare(&self, channel: &str, want: Position) -> Option<oneshot::Receiver<()>> {
+        let core = &self.core;
+        if !matches!(core.home(channel), Home::Remote(_)) {
+            return None;
+        }
+        if core
+            .hub
+            .position(channel)
+            .is_some_and(|p| p.epoch == want.epoch && p.offset >= want.offset)
+        {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut w = core.waiting.lock();
+        let list = w.entry(channel.to_string()).or_default();
+        // Waiters whose subscribe gave up (timed out) are dropped here.
+        list.retain(|(_, t)| !t.is_closed());
+        list.push((want, tx));
+        drop(w);
+        core.sync(channel);
+        Some(rx)
     }
 
     fn reconnect_hint(&self) -> Option<String> {

@@ -117,10 +117,12 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // Unregister first: a subscription completing late (one that waited for the mesh)
+        // sees the session gone and removes itself.
+        self.shared.unregister(self.who.id);
         for ch in self.subs.lock().keys() {
             self.shared.hub.unsubscribe(self.who.id, ch);
         }
-        self.shared.unregister(self.who.id);
         let c = self.shared.hub.counters();
         match self.kind {
             Kind::WebTransport => c.sessions_wt.fetch_sub(1, Ordering::Relaxed),
@@ -132,6 +134,9 @@ impl Drop for Guard {
 fn fail(code: ErrorCode, reason: impl Into<String>) -> (ErrorCode, String) {
     (code, reason.into())
 }
+
+/// Longest a recovering subscribe waits for the mesh to bring this node's replica up to date.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest a transport may take to send the last frames and close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -559,6 +564,51 @@ impl State<'_> {
                     );
                 }
                 let lane = self.next_lane;
+                // Recovering on a node that does not replicate this channel yet: first let the
+                // mesh fetch the home's history (bounded wait), then subscribe, so recovery
+                // works on whichever node the client reconnects to.
+                if let Some(want) = recover
+                    && let Some(relay) = self.shared.relay.get()
+                    && let Some(ready) = relay.prepare(&channel, want)
+                {
+                    self.next_lane = self.next_lane.wrapping_add(1).max(1);
+                    let (shared, who, outbox, subs) = (
+                        self.shared.clone(),
+                        self.who.clone(),
+                        self.outbox.clone(),
+                        self.subs.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(PREPARE_TIMEOUT, ready).await;
+                        let r = shared.hub.subscribe(
+                            hub::Subscribe {
+                                who: &who,
+                                outbox: &outbox,
+                                lane,
+                                id,
+                                channel: &channel,
+                                recover,
+                                presence,
+                                presence_events,
+                            },
+                            now_ms(),
+                        );
+                        match r {
+                            Ok(_) => {
+                                subs.lock().insert(channel.clone(), lane);
+                                if !shared.registry.lock().contains_key(&who.id) {
+                                    subs.lock().remove(&channel);
+                                    shared.hub.unsubscribe(who.id, &channel);
+                                }
+                            }
+                            Err(e) => {
+                                outbox
+                                    .push_frame(CONTROL, &ServerFrame::error(id, e.code, e.reason));
+                            }
+                        }
+                    });
+                    return Ok(());
+                }
                 let r = self.shared.hub.subscribe(
                     hub::Subscribe {
                         who: self.who,

@@ -111,6 +111,16 @@ pub trait Relay: Send + Sync + std::fmt::Debug {
     fn datagram(&self, p: &crate::hub::Publish<'_>);
     /// A client URL of another node of this region, for drained clients.
     fn reconnect_hint(&self) -> Option<String>;
+    /// A client wants to recover `channel` from `want`, which this node's replica cannot
+    /// serve yet: fetch from the home and resolve when it can (or cannot ever). `None` when
+    /// nothing needs waiting for.
+    fn prepare(
+        &self,
+        _channel: &str,
+        _want: crate::protocol::Position,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
 }
 
 /// What publishing did.
