@@ -1,5 +1,6 @@
-//! A UDP relay the test controls: forwards datagrams between clients and one target, and
-//! drops everything while cut. How the mesh tests cut a link for real (no netem here).
+//! A UDP relay the test controls, the project's WAN emulator (this kernel has no netem):
+//! forwards datagrams between clients and one target with a one-way delay, jitter and loss,
+//! and drops everything while cut.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,10 +19,38 @@ impl Drop for Aborting {
     }
 }
 
+/// Delay, jitter (uniform, ±) and loss applied to every datagram, both ways.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wan {
+    pub delay_ms: u64,
+    pub jitter_ms: u64,
+    pub loss: f64,
+}
+
+/// Sends `buf` after the WAN's delay (or drops it), without holding up the relay loop.
+fn shape(wan: Wan, buf: &[u8], send: impl FnOnce(Vec<u8>) + Send + 'static) {
+    if wan.loss > 0.0 && rand::random::<f64>() < wan.loss {
+        return;
+    }
+    if wan.delay_ms == 0 && wan.jitter_ms == 0 {
+        send(buf.to_vec());
+        return;
+    }
+    let j = wan.jitter_ms as f64 * (rand::random::<f64>() * 2.0 - 1.0);
+    let d = std::time::Duration::from_micros(((wan.delay_ms as f64 + j).max(0.0) * 1000.0) as u64);
+    let data = buf.to_vec();
+    tokio::spawn(async move {
+        tokio::time::sleep(d).await;
+        send(data);
+    });
+}
+
 /// A running relay; stops when dropped.
 pub struct Relay {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Datagrams dropped while cut (not every test reads it).
+    #[allow(dead_code)]
     pub dropped: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
@@ -33,8 +62,13 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    /// Starts relaying to `target`.
+    /// Starts relaying to `target` with no delay.
     pub async fn start(target: SocketAddr) -> Relay {
+        Self::with_wan(target, Wan::default()).await
+    }
+
+    /// Starts relaying to `target` through an emulated WAN.
+    pub async fn with_wan(target: SocketAddr, wan: Wan) -> Relay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
         let addr = front.local_addr().expect("addr");
         let cut = Arc::new(AtomicBool::new(false));
@@ -64,14 +98,19 @@ impl Relay {
                                     d2.fetch_add(1, Ordering::Relaxed);
                                     continue;
                                 }
-                                let _ = f2.send_to(&b[..n], from).await;
+                                let f3 = f2.clone();
+                                shape(wan, &b[..n], move |d| {
+                                    let _ = f3.try_send_to(&d, from);
+                                });
                             }
                         });
                         backs.insert(from, (s.clone(), Aborting(t)));
                         s
                     }
                 };
-                let _ = back.send(&buf[..n]).await;
+                shape(wan, &buf[..n], move |d| {
+                    let _ = back.try_send(&d);
+                });
             }
         });
         Relay {
