@@ -158,6 +158,28 @@ async fn three_nodes_act_as_one_gateway() {
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["links"].as_array().map(Vec::len), Some(2), "{body}");
     assert!(v["links"][0]["rtt_ms"].as_f64().is_some(), "{body}");
+    // Each node's load reaches the others (the /mesh page draws it per node).
+    let addr = a.t.addr;
+    let key = a.t.api_key.clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http(addr, "GET", "/api/mesh", Some(&key), None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let b_sessions = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == "b")
+            .and_then(|n| n["sessions"].as_u64());
+        if b_sessions.is_some_and(|s| s >= 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's load never reached a: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, metrics) = http(a.t.addr, "GET", "/metrics", None, None).await;
     assert!(
         metrics.contains("edgegate_relay_links{state=\"up\"} 2"),

@@ -42,6 +42,10 @@ pub struct LinkStats {
     pub msgs_in: AtomicU64,
     /// Entries sent again to fill a gap (sync answers).
     pub replayed: AtomicU64,
+    /// The peer's client sessions, as it last reported.
+    pub peer_sessions: AtomicU64,
+    /// The peer's deliveries since start, as it last reported.
+    pub peer_deliveries: AtomicU64,
 }
 
 /// A live link.

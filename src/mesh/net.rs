@@ -14,12 +14,14 @@ use super::link::{self, Incoming, Link};
 use super::node::{Core, Event};
 
 pub(super) async fn worker(core: Arc<Core>, mut rx: mpsc::Receiver<Event>) {
+    let mut stats = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             e = rx.recv() => match e {
                 Some(e) => core.on_event(e),
                 None => return,
             },
+            _ = stats.tick() => core.send_stats(),
             _ = core.stop.cancelled() => return,
         }
     }

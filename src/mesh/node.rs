@@ -276,10 +276,18 @@ impl Mesh {
                 })
             })
             .collect();
+        let linked = self.links();
         let nodes: Vec<serde_json::Value> = self
             .members()
             .iter()
-            .map(|m| serde_json::json!({ "id": m.node_id, "region": m.region, "client_url": m.client_url }))
+            .map(|m| {
+                let mut v = serde_json::json!({ "id": m.node_id, "region": m.region, "client_url": m.client_url });
+                if let Some(l) = linked.iter().find(|l| l.peer.node_id == m.node_id) {
+                    v["sessions"] = l.stats.peer_sessions.load(Ordering::Relaxed).into();
+                    v["deliveries"] = l.stats.peer_deliveries.load(Ordering::Relaxed).into();
+                }
+                v
+            })
             .collect();
         serde_json::json!({
             "node": { "id": self.core.me.node_id, "region": self.core.me.region },
@@ -454,6 +462,15 @@ impl Core {
                 link.send(&PeerFrame::Pong { nonce });
             }
             PeerFrame::Pong { .. } => {}
+            PeerFrame::Stats {
+                sessions,
+                deliveries,
+            } => {
+                link.stats.peer_sessions.store(sessions, Ordering::Relaxed);
+                link.stats
+                    .peer_deliveries
+                    .store(deliveries, Ordering::Relaxed);
+            }
             PeerFrame::Members { nodes } => {
                 let mut m = self.members.lock();
                 for n in nodes {
@@ -571,6 +588,18 @@ impl Core {
                 .hub
                 .remote_presence(&link.peer.node_id, &channel, member, join),
         }
+    }
+
+    /// Tells every peer this node's load (the mesh page shows it).
+    pub(super) fn send_stats(&self) {
+        let c = self.hub.counters();
+        let sessions = (c.sessions_wt.load(Ordering::Relaxed)
+            + c.sessions_ws.load(Ordering::Relaxed))
+        .max(0) as u64;
+        self.broadcast(&PeerFrame::Stats {
+            sessions,
+            deliveries: c.deliveries.load(Ordering::Relaxed),
+        });
     }
 
     /// Resolves waiting subscribes the replica can now serve, or never will (another epoch).

@@ -141,6 +141,13 @@ pub enum PeerFrame {
         /// Payload.
         data: Bytes,
     },
+    /// The sender's load, once a second (for the operators' mesh view).
+    Stats {
+        /// Client sessions open.
+        sessions: u64,
+        /// Messages handed to subscriber queues since start.
+        deliveries: u64,
+    },
     /// Presence on the sender for a channel the receiver is interested in.
     Presence {
         /// Channel.
