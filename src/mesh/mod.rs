@@ -22,6 +22,7 @@
 mod link;
 mod net;
 mod node;
+mod relay;
 pub mod tls;
 
 pub use link::{Link, LinkStats};

@@ -16,7 +16,7 @@ use wtransport::quinn;
 use super::link::Link;
 use crate::hub::{self, Applied, Entry, Hub, Observer};
 use crate::protocol::{ErrorCode, Member, PeerEntry, PeerFrame, PeerInfo, Position, encode_peer};
-use crate::session::{Relay, Shared, now_ms};
+use crate::session::{Shared, now_ms};
 
 /// `[cluster]`: the relay mesh. Off unless `listen` is set.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -87,7 +87,7 @@ impl Observer for Hooks {
 /// A running mesh node.
 #[derive(Debug, Clone)]
 pub struct Mesh {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
 }
 
 #[derive(Debug)]
@@ -123,7 +123,7 @@ pub(super) type Waiter = (Position, oneshot::Sender<()>);
 type Answer = oneshot::Sender<Result<Position, hub::Error>>;
 
 /// Where a channel's home is.
-enum Home {
+pub(super) enum Home {
     Local,
     Remote(Arc<Link>),
 }
@@ -308,7 +308,7 @@ pub struct MeshSeed {
 
 impl Core {
     /// Rendezvous hashing over live nodes, within the pinned region if any node is there.
-    fn home(&self, channel: &str) -> Home {
+    pub(super) fn home(&self, channel: &str) -> Home {
         let links: Vec<Arc<Link>> = self.links.lock().values().cloned().collect();
         let pinned = channel
             .rsplit_once('@')
@@ -345,7 +345,7 @@ impl Core {
 
     /// This node is about to sequence `channel`: if it held a replica of another home's
     /// epoch, it starts a new one (it cannot know what the old home sequenced last).
-    fn take_home(&self, channel: &str) {
+    pub(super) fn take_home(&self, channel: &str) {
         if self.homed.lock().insert(channel.to_string())
             && self.hub.position(channel).is_some_and(|p| p.offset > 0)
         {
@@ -374,7 +374,7 @@ impl Core {
     }
 
     /// Asks `channel`'s home for what follows this replica's position.
-    fn sync(&self, channel: &str) {
+    pub(super) fn sync(&self, channel: &str) {
         if let Home::Remote(l) = self.home(channel) {
             let from = self.hub.position(channel).unwrap_or(Position {
                 epoch: 0,
@@ -719,98 +719,6 @@ impl Core {
                 }
             }
         }
-    }
-}
-
-impl crate::api::MeshView for Mesh {
-    fn json(&self) -> serde_json::Value {
-        self.view()
-    }
-}
-
-impl Relay for Mesh {
-    fn forward(
-        &self,
-        p: &hub::Publish<'_>,
-    ) -> Option<oneshot::Receiver<Result<Position, hub::Error>>> {
-        let core = &self.core;
-        match core.home(p.channel) {
-            Home::Local => {
-                core.take_home(p.channel);
-                None
-            }
-            Home::Remote(link) => {
-                core.homed.lock().remove(p.channel);
-                let req = core.next_req.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = oneshot::channel();
-                core.pending
-                    .lock()
-                    .insert(req, (link.peer.node_id.clone(), tx));
-                let sent = link.send(&PeerFrame::Publish {
-                    req,
-                    channel: p.channel.to_string(),
-                    mode: p.mode,
-                    key: p.key.map(str::to_string),
-                    publisher: p.publisher.map(str::to_string),
-                    data: p.data.clone(),
-                    trace: crate::telemetry::otel::traceparent(),
-                });
-                if !sent && let Some((_, tx)) = core.pending.lock().remove(&req) {
-                    let _ = tx.send(Err(hub::Error::new(
-                        ErrorCode::Unavailable,
-                        "the channel's home is unreachable; publish again",
-                    )));
-                }
-                Some(rx)
-            }
-        }
-    }
-
-    fn datagram(&self, p: &hub::Publish<'_>) {
-        let frame = encode_peer(&PeerFrame::Datagram {
-            channel: p.channel.to_string(),
-            key: p.key.map(str::to_string),
-            publisher: p.publisher.map(str::to_string),
-            data: p.data.clone(),
-        });
-        for l in self.core.links.lock().values() {
-            if l.wants(p.channel) {
-                l.send_encoded(&frame);
-            }
-        }
-    }
-
-    fn prepare(&self, channel: &str, want: Position) -> Option<oneshot::Receiver<()>> {
-        let core = &self.core;
-        if !matches!(core.home(channel), Home::Remote(_)) {
-            return None;
-        }
-        if core
-            .hub
-            .position(channel)
-            .is_some_and(|p| p.epoch == want.epoch && p.offset >= want.offset)
-        {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        let mut w = core.waiting.lock();
-        let list = w.entry(channel.to_string()).or_default();
-        // Waiters whose subscribe gave up (timed out) are dropped here.
-        list.retain(|(_, t)| !t.is_closed());
-        list.push((want, tx));
-        drop(w);
-        core.sync(channel);
-        Some(rx)
-    }
-
-    fn reconnect_hint(&self) -> Option<String> {
-        let me = &self.core.me;
-        self.core
-            .links
-            .lock()
-            .values()
-            .filter(|l| l.peer.region == me.region)
-            .find_map(|l| l.peer.client_url.clone())
     }
 }
 
