@@ -335,6 +335,9 @@ impl Hub {
     /// Publishes: sequences (`reliable`, `latest`) and fans out to local subscribers.
     /// Returns the position assigned (`offset` 0 for `datagram`).
     pub fn publish(&self, p: Publish<'_>, now_ms: u64) -> Result<Position, Error> {
+        // Declared first so it ends last: frames are written inline once the shard lock is
+        // released (see `outbox`).
+        let _flush = outbox::InlineFlush::begin();
         let policy = self.policy(p.channel)?;
         if !policy.allows(p.mode) {
             return Err(Error::new(

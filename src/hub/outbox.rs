@@ -11,11 +11,24 @@
 //!
 //! Every drop is counted in [`Counters`] and reported to the client with a `Dropped` notice on
 //! the channel's lane, so it knows it missed something.
+//!
+//! # Writing inline
+//!
+//! A transport that can write without waiting (plain WebSocket: a non-blocking `send` on its
+//! socket) gives the outbox a [`Direct`]. Inside an [`InlineFlush`] scope (a hub fan-out), a
+//! push does not wake the session's writer task: the outbox is noted, and when the scope ends
+//! (after the shard lock is released) the publisher's own task drains each noted outbox and
+//! hands the frames to its `Direct`. That saves a task wake-up and poll per delivery. Whatever
+//! the socket does not take stays with the transport, whose writer task is then woken to
+//! finish it, so backpressure and the drop policies above are unchanged. On a runtime with
+//! several worker threads the inline work per scope is capped in time ([`INLINE_BUDGET`]);
+//! past it, writers are woken as usual and spread over the threads.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -103,6 +116,84 @@ struct State {
     woken: bool,
     /// When the first frame not yet drained was queued (for the latency histogram).
     since: Option<Instant>,
+    /// The writer task has drained frames it has not finished writing: nothing may be
+    /// written inline until it has (order).
+    busy: bool,
+}
+
+/// A transport's synchronous write path (see "Writing inline" above).
+pub trait Direct: Send + Sync {
+    /// Whether a write now would go straight to the socket: nothing of an earlier write is
+    /// still pending and no other write is in progress.
+    fn idle(&self) -> bool;
+    /// Writes `items` then `datagrams` without waiting. What the socket does not take is
+    /// kept, in order, for the writer task. Returns `true` when something is kept (the
+    /// writer task must be woken to finish it).
+    fn write_now(&self, items: &[Item], datagrams: &[Bytes]) -> bool;
+}
+
+/// Longest a publisher's task spends writing inline per fan-out when the runtime has more
+/// than one worker thread (past it, the rest are left to their writer tasks, which other
+/// threads can run). With one worker there is nobody to hand off to: no limit.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
+
+/// Most frames written inline for one outbox per fan-out (like the writer's batch).
+const INLINE_BATCH: usize = 256;
+
+thread_local! {
+    /// Outboxes noted in the current [`InlineFlush`] scope of this thread.
+    static NOTED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// Reused drain buffers for inline writes.
+    static SCRATCH: RefCell<(Vec<Item>, Vec<Bytes>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A scope in which pushes to outboxes with a [`Direct`] are written inline when the scope
+/// ends, instead of waking each writer task. Nested scopes join the outermost.
+#[must_use = "the flush happens when the scope is dropped"]
+pub struct InlineFlush {
+    outermost: bool,
+}
+
+impl InlineFlush {
+    /// Opens a scope on this thread.
+    pub fn begin() -> Self {
+        let outermost = NOTED.with(|n| {
+            let mut n = n.borrow_mut();
+            if n.is_some() {
+                false
+            } else {
+                *n = Some(Vec::new());
+                true
+            }
+        });
+        InlineFlush { outermost }
+    }
+}
+
+impl Drop for InlineFlush {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let Some(noted) = NOTED.with(|n| n.borrow_mut().take()) else {
+            return;
+        };
+        if noted.is_empty() {
+            return;
+        }
+        let limited = tokio::runtime::Handle::try_current()
+            .map(|h| h.metrics().num_workers() > 1)
+            .unwrap_or(true);
+        let deadline = limited.then(|| Instant::now() + INLINE_BUDGET);
+        let mut over = false;
+        for (i, o) in noted.iter().enumerate() {
+            // Checking the clock every 16 writes keeps its cost out of the profile.
+            if !over && i % 16 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+                over = true;
+            }
+            o.flush_inline(!over);
+        }
+    }
 }
 
 /// A session's outbound queue. Shared by the hub (producer) and the session writer (consumer).
@@ -113,6 +204,14 @@ pub struct Outbox {
     closed_notify: Notify,
     config: Config,
     counters: Arc<Counters>,
+    direct: Option<Arc<dyn Direct>>,
+    me: Weak<Outbox>,
+}
+
+impl std::fmt::Debug for dyn Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
 }
 
 /// Result of a push that may close the outbox.
@@ -127,12 +226,23 @@ pub enum Pushed {
 impl Outbox {
     /// A new, empty outbox.
     pub fn new(config: Config, counters: Arc<Counters>) -> Arc<Self> {
-        Arc::new(Outbox {
+        Self::with_direct(config, counters, None)
+    }
+
+    /// A new, empty outbox whose transport can write inline.
+    pub fn with_direct(
+        config: Config,
+        counters: Arc<Counters>,
+        direct: Option<Arc<dyn Direct>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             closed_notify: Notify::new(),
             config,
             counters,
+            direct,
+            me: me.clone(),
         })
     }
 
@@ -140,8 +250,63 @@ impl Outbox {
         if !s.woken {
             s.woken = true;
             s.since.get_or_insert_with(Instant::now);
+            if self.direct.is_some() && s.closed.is_none() && !s.busy && self.note() {
+                return;
+            }
             self.notify.notify_one();
         }
+    }
+
+    /// Notes this outbox in the thread's inline scope; `false` when there is none.
+    fn note(&self) -> bool {
+        NOTED.with(|n| match &mut *n.borrow_mut() {
+            Some(v) => match self.me.upgrade() {
+                Some(me) => {
+                    v.push(me);
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        })
+    }
+
+    /// End of an inline scope: writes what is queued through the `Direct` if `allowed` and
+    /// the transport is idle; otherwise (or for what it could not write) wakes the writer.
+    fn flush_inline(&self, allowed: bool) {
+        let Some(direct) = &self.direct else { return };
+        let mut s = self.state.lock();
+        if !s.woken {
+            // The writer task drained it meanwhile.
+            return;
+        }
+        if !allowed || s.busy || s.closed.is_some() || s.closing.is_some() || !direct.idle() {
+            self.notify.notify_one();
+            return;
+        }
+        SCRATCH.with(|sc| {
+            let Ok(mut sc) = sc.try_borrow_mut() else {
+                self.notify.notify_one();
+                return;
+            };
+            let (items, datagrams) = &mut *sc;
+            items.clear();
+            datagrams.clear();
+            s.woken = false;
+            self.drain_locked(&mut s, items, datagrams, INLINE_BATCH);
+            let pending = direct.write_now(items, datagrams);
+            items.clear();
+            datagrams.clear();
+            if pending && !s.woken {
+                s.woken = true;
+                self.notify.notify_one();
+            }
+        });
+    }
+
+    /// The writer task finished writing what it last drained.
+    pub fn written(&self) {
+        self.state.lock().busy = false;
     }
 
     fn overflow(&self, s: &mut State) -> Pushed {
@@ -323,6 +488,28 @@ impl Outbox {
         if let Some(c) = &s.closed {
             return Some(c.clone());
         }
+        s.busy = true;
+        self.drain_locked(&mut s, out, datagrams, max);
+        if !s.queue.is_empty() {
+            return None;
+        }
+        // The writer task's drains are the slow path (replies, a backlog): an emptied queue
+        // gives its memory back, so an idle session holds none. (Inline drains keep it.)
+        if s.queue.capacity() > 0 {
+            s.queue = VecDeque::new();
+        }
+        s.closing.take().inspect(|c| s.closed = Some(c.clone()))
+    }
+
+    /// Moves up to `max` frames (after any `Dropped` notices) and every datagram; stays
+    /// woken when frames are left.
+    fn drain_locked(
+        &self,
+        s: &mut State,
+        out: &mut Vec<Item>,
+        datagrams: &mut Vec<Bytes>,
+        max: usize,
+    ) {
         if !s.dropped.is_empty() {
             for (lane, (channel, count)) in s.dropped.drain() {
                 let f = ServerFrame::Dropped {
@@ -359,9 +546,7 @@ impl Outbox {
             // More left than `max`: stay woken so the writer comes back.
             s.woken = true;
             self.notify.notify_one();
-            return None;
         }
-        s.closing.take().inspect(|c| s.closed = Some(c.clone()))
     }
 
     /// Resolves once the outbox is closed (not by a graceful `close_after` still draining).

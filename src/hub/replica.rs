@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Error, Hub, new_epoch};
+use super::{Error, Hub, new_epoch, outbox};
 use crate::protocol::{Member, Mode, PeerEntry, Position, ServerFrame};
 
 /// What applying a home's entry did.
@@ -34,6 +34,8 @@ impl Hub {
         e: PeerEntry,
         now_ms: u64,
     ) -> Result<Applied, Error> {
+        // Written inline after the shard lock is released (see `outbox`).
+        let _flush = outbox::InlineFlush::begin();
         self.with_channel(channel, |ch, inner| {
             ch.expire(now_ms);
             if ch.epoch != epoch {

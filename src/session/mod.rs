@@ -93,6 +93,16 @@ pub trait FrameWrite: Send {
         items: &[Item],
         datagrams: &[Bytes],
     ) -> impl Future<Output = Result<WriteReport, TransportError>> + Send;
+    /// A synchronous write path the hub may use to write fan-out inline (see
+    /// [`crate::hub::outbox::Direct`]); `None` for transports that can only write async.
+    fn direct(&self) -> Option<Arc<dyn crate::hub::outbox::Direct>> {
+        None
+    }
+    /// Bytes of an earlier write (inline or a control reply) are still waiting for the
+    /// socket: the next [`write`](Self::write) must run even with nothing new to write.
+    fn pending(&self) -> bool {
+        false
+    }
     /// Sends an error frame if asked, then closes with `code`.
     fn close(
         &mut self,
@@ -140,7 +150,8 @@ fn fail(code: ErrorCode, reason: impl Into<String>) -> (ErrorCode, String) {
 /// Longest a recovering subscribe waits for the mesh to bring this node's replica up to date.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Longest a transport may take to send the last frames and close.
+/// Longest a transport may take to send the last frames and close. (Every `close` is boxed:
+/// it is rare and its future is large, and in place it would be part of every idle session.)
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a session over a transport until it ends. Never panics on client input.
@@ -194,7 +205,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 shared.hub.counters().handshake_failed(code.name());
                 debug!(%code, %reason, "handshake refused");
                 let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, Some(f))).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, Some(f)))).await;
                 return;
             }
         };
@@ -207,7 +218,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             });
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
-                writer.close(ErrorCode::GoingAway, "node draining", Some(f)),
+                Box::pin(writer.close(ErrorCode::GoingAway, "node draining", Some(f))),
             )
             .await;
             return;
@@ -223,7 +234,11 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
         };
         tracing::Span::current().record("sid", &*who.sid).record("user", &*who.user);
         debug!(client = %client_name, "session open");
-        let outbox = Outbox::new(cfg.outbox.clone(), shared.hub.counters().clone());
+        let outbox = Outbox::with_direct(
+            cfg.outbox.clone(),
+            shared.hub.counters().clone(),
+            writer.direct(),
+        );
         {
             let c = shared.hub.counters();
             c.sessions_total.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +317,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             }
         };
         let write_loop = async {
-            // Grows to the largest batch seen; an idle session holds none.
+            // Allocated per batch and released after it: an idle session holds none.
             let mut items = Vec::new();
             let mut datagrams = Vec::new();
             loop {
@@ -310,7 +325,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 items.clear();
                 datagrams.clear();
                 let closed = outbox.drain(&mut items, &mut datagrams, cfg.write_batch);
-                if !items.is_empty() || !datagrams.is_empty() {
+                if !items.is_empty() || !datagrams.is_empty() || writer.pending() {
                     // A peer that stops reading blocks the write; once the outbox overflows
                     // (or anything else closes it) the write is abandoned.
                     // The last batch of a graceful close (it carries `GoingAway`) is written
@@ -330,7 +345,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                         if let Some(Closed { code, reason, send_error }) = closed {
                             debug!(%code, %reason, "closing session while a write was blocked");
                             let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, f)).await;
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, f))).await;
                         }
                         return;
                     };
@@ -349,10 +364,16 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                         }
                     }
                 }
+                outbox.written();
+                // An idle session holds no batch buffers.
+                if items.capacity() > 0 || datagrams.capacity() > 0 {
+                    items = Vec::new();
+                    datagrams = Vec::new();
+                }
                 if let Some(Closed { code, reason, send_error }) = closed {
                     debug!(%code, %reason, "closing session");
                     let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close(code, &reason, f)).await;
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, f))).await;
                     return;
                 }
             }
