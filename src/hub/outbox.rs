@@ -247,10 +247,16 @@ impl Outbox {
     }
 
     fn wake(&self, s: &mut State) {
+        if s.closed.is_some() {
+            // A close is never deferred to the end of an inline scope.
+            s.woken = true;
+            self.notify.notify_one();
+            return;
+        }
         if !s.woken {
             s.woken = true;
             s.since.get_or_insert_with(Instant::now);
-            if self.direct.is_some() && s.closed.is_none() && !s.busy && self.note() {
+            if self.direct.is_some() && !s.busy && self.note() {
                 return;
             }
             self.notify.notify_one();
@@ -691,6 +697,131 @@ mod tests {
         out.clear();
         o.drain(&mut out, &mut Vec::new(), 3);
         assert_eq!(out.len(), 2);
+    }
+
+    /// A transport that records what it was given inline and keeps a tail when told to.
+    #[derive(Default)]
+    struct Recorder {
+        written: Mutex<Vec<Bytes>>,
+        keep_tail: std::sync::atomic::AtomicBool,
+        tail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Direct for Recorder {
+        fn idle(&self) -> bool {
+            !self.tail.load(Ordering::Relaxed)
+        }
+        fn write_now(&self, items: &[Item], datagrams: &[Bytes]) -> bool {
+            let mut w = self.written.lock();
+            for i in items {
+                if let Item::Frame(_, b) = i {
+                    w.push(b.clone());
+                }
+            }
+            w.extend(datagrams.iter().cloned());
+            let keep = self.keep_tail.load(Ordering::Relaxed);
+            self.tail.store(keep, Ordering::Relaxed);
+            keep
+        }
+    }
+
+    fn direct_outbox() -> (Arc<Outbox>, Arc<Recorder>) {
+        let r = Arc::new(Recorder::default());
+        let o = Outbox::with_direct(
+            Config::default(),
+            Arc::new(Counters::default()),
+            Some(r.clone() as Arc<dyn Direct>),
+        );
+        (o, r)
+    }
+
+    #[test]
+    fn pushes_in_a_scope_are_written_inline_without_waking_the_writer() {
+        let (o, r) = direct_outbox();
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"a"));
+            o.push_datagram(1, &"c".into(), Bytes::from_static(b"d"));
+            assert!(r.written.lock().is_empty(), "written when the scope ends");
+        }
+        assert_eq!(
+            *r.written.lock(),
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"d")]
+        );
+        assert!(o.ready().now_or_never().is_none(), "writer not woken");
+        assert!(o.is_empty());
+        // Outside a scope (replies), the writer task does the work.
+        o.push(0, Bytes::from_static(b"reply"));
+        assert!(o.ready().now_or_never().is_some());
+        assert_eq!(r.written.lock().len(), 2);
+    }
+
+    #[test]
+    fn a_kept_tail_wakes_the_writer_and_stops_inline_writes_until_written() {
+        let (o, r) = direct_outbox();
+        r.keep_tail.store(true, Ordering::Relaxed);
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"a"));
+        }
+        assert!(
+            o.ready().now_or_never().is_some(),
+            "woken to flush the tail"
+        );
+        // While the tail waits, new frames stay queued for the writer, in order.
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"b"));
+        }
+        assert_eq!(r.written.lock().len(), 1);
+        let (items, _, _) = drain(&o);
+        assert_eq!(items, vec![Item::Frame(1, Bytes::from_static(b"b"))]);
+    }
+
+    #[test]
+    fn no_inline_write_while_the_writer_holds_a_drained_batch() {
+        let (o, r) = direct_outbox();
+        o.push(1, Bytes::from_static(b"a"));
+        let mut out = Vec::new();
+        o.drain(&mut out, &mut Vec::new(), 16);
+        // The writer task has "a" and has not written it: "b" must wait behind it.
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"b"));
+        }
+        assert!(r.written.lock().is_empty());
+        assert!(o.ready().now_or_never().is_some());
+        o.written();
+        // Once written, the next fan-out goes inline again (after "b" is drained).
+        let (items, _, _) = drain(&o);
+        assert_eq!(items, vec![Item::Frame(1, Bytes::from_static(b"b"))]);
+        o.written();
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"c"));
+        }
+        assert_eq!(*r.written.lock(), vec![Bytes::from_static(b"c")]);
+    }
+
+    #[test]
+    fn overflow_in_a_scope_still_closes_with_slow_consumer() {
+        let r = Arc::new(Recorder::default());
+        r.tail.store(true, Ordering::Relaxed);
+        let o = Outbox::with_direct(
+            Config {
+                max_items: 2,
+                max_bytes: 1 << 20,
+                max_datagrams: 2,
+            },
+            Arc::new(Counters::default()),
+            Some(r.clone() as Arc<dyn Direct>),
+        );
+        let _scope = InlineFlush::begin();
+        for b in [b"a", b"b", b"c"] {
+            o.push(1, Bytes::from_static(b));
+        }
+        assert!(o.is_closed());
+        assert!(o.ready().now_or_never().is_some(), "a close wakes at once");
     }
 
     #[test]
