@@ -3,7 +3,7 @@
 # in one go, each server pinned to core 0 and the generator to core 1, and prints one table per
 # figure (benches/README.md).
 #
-#   benches/compare.sh            # full run (about 18 minutes)
+#   benches/compare.sh            # full run (about 17 minutes)
 #   QUICK=1 benches/compare.sh    # smaller N and shorter windows (about 5 minutes)
 #
 # Results are also appended as JSON lines to target/load-results.jsonl.
