@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Runs the load scenarios against edgegate and the Node peers in one go, each server pinned to
-# core 0 and the generator to core 1, and prints one table per figure (benches/README.md).
+# Runs the load scenarios against edgegate and the Node peers (ws, Socket.IO, uWebSockets.js)
+# in one go, each server pinned to core 0 and the generator to core 1, and prints one table per
+# figure (benches/README.md).
 #
-#   benches/compare.sh            # full run (about 15 minutes)
-#   QUICK=1 benches/compare.sh    # smaller N and shorter windows (about 4 minutes)
+#   benches/compare.sh            # full run (about 17 minutes)
+#   QUICK=1 benches/compare.sh    # smaller N and shorter windows (about 5 minutes)
 #
 # Results are also appended as JSON lines to target/load-results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# npm packages of the peers (ws 8.23, Socket.IO 4.8). uWebSockets.js installs from GitHub
-# only, which this machine cannot reach: it is left out (see benches/README.md).
+# npm packages of the peers (ws 8.23, Socket.IO 4.8, and uWebSockets.js v20 binaries from the
+# npm package `uwebsockets` 3.0.6, a third-party republish used for this local comparison
+# only; see benches/README.md).
 npm ci --prefix benches/peers --no-audit --no-fund >/dev/null 2>&1 || npm install --prefix benches/peers --no-audit --no-fund >/dev/null
 cargo build --release --bin edgegate
 cargo bench --bench load --no-run
@@ -27,15 +29,15 @@ fi
 NICE=${NICE:--10}
 load() { cargo bench --bench load -q -- "$@" --nice "$NICE" | tee /dev/stderr | grep '^{' >>"$OUT"; }
 
-for s in edgegate ws socketio; do
+for s in edgegate ws socketio uws; do
   load broadcast --server $s --transport ws --subs $SUBS --rate $RATE --secs $SECS
 done
 load broadcast --server edgegate --transport wt --subs $SUBS --rate $RATE --secs $SECS
-for s in edgegate ws socketio; do
+for s in edgegate ws socketio uws; do
   load saturation --server $s --transport ws --subs $SUBS --steps $STEPS
 done
 load saturation --server edgegate --transport wt --subs $SUBS --steps $STEPS
-for s in edgegate ws socketio; do
+for s in edgegate ws socketio uws; do
   load idle --server $s --transport ws --conns $IDLE
 done
 load idle --server edgegate --transport wt --conns $((IDLE / 2))
@@ -54,22 +56,29 @@ for r in runs:
     if r['scenario'] == 'broadcast':
         l = r['latency']
         print(f"| {who(r)} | {r['deliveries_per_s']:.0f} | {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {r['server_cpu_pct']:.0f} | {r['server_us_per_delivery']:.2f} | {r['loss']:.4%} |")
-base = next((r for r in runs if r['scenario'] == 'broadcast' and r['server'] == 'edgegate' and r['transport'] == 'ws'), None)
+def edgegate_ws(scenario):
+    return next((r for r in runs if r['scenario'] == scenario and r['server'] == 'edgegate' and r['transport'] == 'ws'), None)
+def ratio(r, base, key):
+    # this server's figure / edgegate (ws)'s, same run; '-' without a base.
+    return f"{r[key] / base[key]:.2f}x" if base and base[key] and r[key] else "-"
+base = edgegate_ws('broadcast')
 if base:
     print("\nCPU per delivery relative to edgegate (ws), same run:")
     for r in runs:
         if r['scenario'] == 'broadcast' and r['server_us_per_delivery']:
-            print(f"- {who(r)}: {r['server_us_per_delivery'] / base['server_us_per_delivery']:.2f}x")
-print("\n| server | max sustained deliveries/s | peak deliveries/s |")
-print("|---|---|---|")
+            print(f"- {who(r)}: {ratio(r, base, 'server_us_per_delivery')}")
+base = edgegate_ws('saturation')
+print("\n| server | max sustained deliveries/s | peak deliveries/s | sustained vs edgegate (ws) |")
+print("|---|---|---|---|")
 for r in runs:
     if r['scenario'] == 'saturation':
-        print(f"| {who(r)} | {r['max_sustained_deliveries_per_s']:.0f} | {r['peak_deliveries_per_s']:.0f} |")
-print("\n| server | idle connections | bytes per connection |")
-print("|---|---|---|")
+        print(f"| {who(r)} | {r['max_sustained_deliveries_per_s']:.0f} | {r['peak_deliveries_per_s']:.0f} | {ratio(r, base, 'max_sustained_deliveries_per_s')} |")
+base = edgegate_ws('idle')
+print("\n| server | idle connections | bytes per connection | vs edgegate (ws) |")
+print("|---|---|---|---|")
 for r in runs:
     if r['scenario'] == 'idle':
-        print(f"| {who(r)} | {r['conns']} | {r['bytes_per_conn']:.0f} |")
+        print(f"| {who(r)} | {r['conns']} | {r['bytes_per_conn']:.0f} | {ratio(r, base, 'bytes_per_conn')} |")
 for r in runs:
     if r['scenario'] in ('datagram', 'rooms'):
         l = r['latency']

@@ -21,6 +21,9 @@ pub enum Server {
     Ws,
     /// Socket.IO 4.8 on Node (`benches/peers/socketio.js`).
     Socketio,
+    /// uWebSockets.js v20 on Node (`benches/peers/uws.js`), broadcasting with its own
+    /// pub/sub.
+    Uws,
 }
 
 impl Server {
@@ -30,6 +33,7 @@ impl Server {
             Server::Edgegate => "edgegate",
             Server::Ws => "ws",
             Server::Socketio => "socket.io",
+            Server::Uws => "uws",
         }
     }
 
@@ -39,6 +43,18 @@ impl Server {
             Server::Edgegate => Dialect::Edgegate,
             Server::Ws => Dialect::Plain,
             Server::Socketio => Dialect::SocketIo,
+            Server::Uws => Dialect::Plain,
+        }
+    }
+
+    /// The peer's script in `benches/peers/` and the npm package it loads (none for
+    /// edgegate).
+    fn peer(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Server::Edgegate => None,
+            Server::Ws => Some(("ws.js", "ws")),
+            Server::Socketio => Some(("socketio.js", "socket.io")),
+            Server::Uws => Some(("uws.js", "uwebsockets")),
         }
     }
 }
@@ -133,14 +149,11 @@ pub fn spawn(
                 .to_vec(),
             )
         }
-        Server::Ws | Server::Socketio => {
-            let script = match server {
-                Server::Ws => "ws.js",
-                _ => "socketio.js",
-            };
+        Server::Ws | Server::Socketio | Server::Uws => {
+            let (script, package) = server.peer().context("peer without a script")?;
             let peers = repo_dir().join("benches").join("peers");
-            if !peers.join("node_modules").exists() {
-                bail!("peers not installed: run `npm ci --prefix benches/peers`");
+            if !peers.join("node_modules").join(package).exists() {
+                bail!("{package} not installed: run `npm ci --prefix benches/peers`");
             }
             (
                 PathBuf::from("node"),

@@ -1,7 +1,7 @@
 //! A lean WebSocket client for the generator: one read drains every complete frame in the
 //! buffer, nothing is allocated per frame, and the same code speaks three dialects: edgegate
-//! (bincode frames in binary messages), the plain `ws` peer (raw payload per binary message)
-//! and Socket.IO 4 (Engine.IO v4 text packets over WebSocket).
+//! (bincode frames in binary messages), the plain `ws` and uWebSockets.js peers (raw payload
+//! per binary message) and Socket.IO 4 (Engine.IO v4 text packets over WebSocket).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +18,7 @@ use crate::stats::Tally;
 pub enum Dialect {
     /// edgegate `/ws`.
     Edgegate,
-    /// `benches/peers/ws.js`: `/sub?ch=` and `/pub?ch=`.
+    /// `benches/peers/ws.js` and `uws.js`: `/sub?ch=` and `/pub?ch=`.
     Plain,
     /// `benches/peers/socketio.js`: Socket.IO 4 over a direct WebSocket.
     SocketIo,
