@@ -165,39 +165,10 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
     let span = info_span!("session", transport = kind.name(), %peer, sid = tracing::field::Empty, user = tracing::field::Empty);
     async move {
         let cfg = &shared.config;
-        let hello = tokio::time::timeout(
-            Duration::from_secs(cfg.handshake_timeout_secs),
-            reader.recv(),
-        )
-        .await;
-        let hello = match hello {
-            Err(_) => Err(fail(ErrorCode::HandshakeTimeout, "no Hello within the handshake timeout")),
-            Ok(Err(TransportError::Protocol { code, reason })) => Err((code, reason)),
-            Ok(Err(_)) | Ok(Ok(None)) => return,
-            Ok(Ok(Some(b))) => match decode_client(&b, cfg.max_frame as usize) {
-                Ok(ClientFrame::Hello {
-                    protocol_version,
-                    token,
-                    resume: _,
-                    single_stream,
-                    client_name,
-                }) => {
-                    if protocol_version != PROTOCOL_VERSION {
-                        Err(fail(
-                            ErrorCode::UnsupportedVersion,
-                            format!("protocol version {protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}"),
-                        ))
-                    } else {
-                        shared
-                            .verifier
-                            .verify(&token, now_ms() / 1000)
-                            .map(|g| (g, client_name, single_stream))
-                            .map_err(|e| (e.code(), e.to_string()))
-                    }
-                }
-                Ok(_) => Err(fail(ErrorCode::UnexpectedFrame, "the first frame must be Hello")),
-                Err(e) => Err(fail(ErrorCode::Malformed, e.to_string())),
-            },
+        // Boxed: awaited in place, the handshake's futures would stay part of the session's
+        // state (and of every idle connection's memory) for its whole life.
+        let Some(hello) = Box::pin(hello(&shared, &mut reader)).await else {
+            return;
         };
         let (grant, client_name, single_stream) = match hello {
             Ok(v) => v,
@@ -205,7 +176,11 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 shared.hub.counters().handshake_failed(code.name());
                 debug!(%code, %reason, "handshake refused");
                 let f = encode_server(&ServerFrame::fatal(code, reason.clone()));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, Some(f)))).await;
+                let _ = tokio::time::timeout(
+                    CLOSE_TIMEOUT,
+                    Box::pin(writer.close(code, &reason, Some(f))),
+                )
+                .await;
                 return;
             }
         };
@@ -232,7 +207,9 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             sid: format!("{}-{id:x}", shared.node.id).into(),
             user: grant.user.as_str().into(),
         };
-        tracing::Span::current().record("sid", &*who.sid).record("user", &*who.user);
+        tracing::Span::current()
+            .record("sid", &*who.sid)
+            .record("user", &*who.user);
         debug!(client = %client_name, "session open");
         let outbox = Outbox::with_direct(
             cfg.outbox.clone(),
@@ -331,7 +308,9 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     // The last batch of a graceful close (it carries `GoingAway`) is written
                     // with a time limit instead: the outbox already reads as closed.
                     let written = if closed.is_some() {
-                        tokio::time::timeout(CLOSE_TIMEOUT, writer.write(&items, &datagrams)).await.ok()
+                        tokio::time::timeout(CLOSE_TIMEOUT, writer.write(&items, &datagrams))
+                            .await
+                            .ok()
                     } else {
                         tokio::select! {
                             r = writer.write(&items, &datagrams) => Some(r),
@@ -341,11 +320,23 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     let Some(written) = written else {
                         items.clear();
                         datagrams.clear();
-                        let closed = closed.clone().or_else(|| outbox.drain(&mut items, &mut datagrams, 0));
-                        if let Some(Closed { code, reason, send_error }) = closed {
+                        let closed = closed
+                            .clone()
+                            .or_else(|| outbox.drain(&mut items, &mut datagrams, 0));
+                        if let Some(Closed {
+                            code,
+                            reason,
+                            send_error,
+                        }) = closed
+                        {
                             debug!(%code, %reason, "closing session while a write was blocked");
-                            let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, f))).await;
+                            let f = send_error
+                                .then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
+                            let _ = tokio::time::timeout(
+                                CLOSE_TIMEOUT,
+                                Box::pin(writer.close(code, &reason, f)),
+                            )
+                            .await;
                         }
                         return;
                     };
@@ -370,10 +361,20 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     items = Vec::new();
                     datagrams = Vec::new();
                 }
-                if let Some(Closed { code, reason, send_error }) = closed {
+                if let Some(Closed {
+                    code,
+                    reason,
+                    send_error,
+                }) = closed
+                {
                     debug!(%code, %reason, "closing session");
-                    let f = send_error.then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(code, &reason, f))).await;
+                    let f = send_error
+                        .then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
+                    let _ = tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        Box::pin(writer.close(code, &reason, f)),
+                    )
+                    .await;
                     return;
                 }
             }
@@ -385,21 +386,34 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             loop {
                 tick.tick().await;
                 let now = now_ms();
-                if now.saturating_sub(last_rx.load(Ordering::Relaxed)) > cfg.idle_timeout_secs * 1000 {
-                    outbox.close(ErrorCode::IdleTimeout, "nothing received within the idle timeout");
+                if now.saturating_sub(last_rx.load(Ordering::Relaxed))
+                    > cfg.idle_timeout_secs * 1000
+                {
+                    outbox.close(
+                        ErrorCode::IdleTimeout,
+                        "nothing received within the idle timeout",
+                    );
                     return std::future::pending::<()>().await;
                 }
                 let exp = expires.load(Ordering::Relaxed);
                 if exp != u64::MAX {
                     let now_s = now / 1000;
                     if now_s >= exp + cfg.token_grace_secs {
-                        outbox.close(ErrorCode::TokenExpired, "token expired and was not refreshed");
+                        outbox.close(
+                            ErrorCode::TokenExpired,
+                            "token expired and was not refreshed",
+                        );
                         return std::future::pending::<()>().await;
                     }
                     if now_s + cfg.heartbeat_secs >= exp && !warned {
                         warned = true;
                         let grace = (exp + cfg.token_grace_secs).saturating_sub(now_s) * 1000;
-                        outbox.push_frame(CONTROL, &ServerFrame::TokenExpiring { grace_ms: grace as u32 });
+                        outbox.push_frame(
+                            CONTROL,
+                            &ServerFrame::TokenExpiring {
+                                grace_ms: grace as u32,
+                            },
+                        );
                     } else if now_s + cfg.heartbeat_secs < exp {
                         warned = false;
                     }
@@ -408,11 +422,67 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 outbox.push_frame(CONTROL, &ServerFrame::Ping { nonce });
             }
         };
-        first_of([Box::pin(read_loop), Box::pin(write_loop), Box::pin(tick_loop)]).await;
+        first_of([
+            Box::pin(read_loop),
+            Box::pin(write_loop),
+            Box::pin(tick_loop),
+        ])
+        .await;
         debug!("session closed");
     }
     .instrument(span)
     .await
+}
+
+/// Waits for and checks the `Hello`: the grant, client name and `single_stream`, or the
+/// error to refuse it with; `None` when the peer went away first.
+async fn hello<R: FrameRead>(
+    shared: &Shared,
+    reader: &mut R,
+) -> Option<Result<(Grant, String, bool), (ErrorCode, String)>> {
+    let cfg = &shared.config;
+    let first = tokio::time::timeout(
+        Duration::from_secs(cfg.handshake_timeout_secs),
+        reader.recv(),
+    )
+    .await;
+    Some(match first {
+        Err(_) => Err(fail(
+            ErrorCode::HandshakeTimeout,
+            "no Hello within the handshake timeout",
+        )),
+        Ok(Err(TransportError::Protocol { code, reason })) => Err((code, reason)),
+        Ok(Err(_)) | Ok(Ok(None)) => return None,
+        Ok(Ok(Some(b))) => match decode_client(&b, cfg.max_frame as usize) {
+            Ok(ClientFrame::Hello {
+                protocol_version,
+                token,
+                resume: _,
+                single_stream,
+                client_name,
+            }) => {
+                if protocol_version != PROTOCOL_VERSION {
+                    Err(fail(
+                        ErrorCode::UnsupportedVersion,
+                        format!(
+                            "protocol version {protocol_version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                        ),
+                    ))
+                } else {
+                    shared
+                        .verifier
+                        .verify(&token, now_ms() / 1000)
+                        .map(|g| (g, client_name, single_stream))
+                        .map_err(|e| (e.code(), e.to_string()))
+                }
+            }
+            Ok(_) => Err(fail(
+                ErrorCode::UnexpectedFrame,
+                "the first frame must be Hello",
+            )),
+            Err(e) => Err(fail(ErrorCode::Malformed, e.to_string())),
+        },
+    })
 }
 
 /// One of a session's loops.
