@@ -43,6 +43,9 @@ done
 load idle --server edgegate --transport wt --conns $((IDLE / 2))
 load broadcast --server edgegate --transport wt --datagram --subs $SUBS --rate 100 --secs $SECS
 load rooms --server edgegate --transport wt --secs $SECS
+# Three regions as one mesh (one node each, all on the server core), every mesh link through
+# the WAN relay: 20 ms one way.
+load cross-region --transport ws --subs 300 --rate 50 --secs $SECS --wan-delay-ms 20
 
 echo
 echo "## Results ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores)"
@@ -83,4 +86,11 @@ for r in runs:
     if r['scenario'] in ('datagram', 'rooms'):
         l = r['latency']
         print(f"\n{r['scenario']} {who(r)}: {r['deliveries_per_s']:.0f} deliveries/s, loss {r['loss']:.4%}, p99 {l['p99_ms']:.2f} ms, server CPU {r['server_cpu_pct']:.0f}%")
+for r in runs:
+    if r['scenario'] == 'cross-region':
+        print(f"\ncross-region {who(r)}, {r['nodes']} nodes, {r['mode']}, link one-way {r['link_delay_ms']:g} ms: "
+              f"{r['deliveries_per_s']:.0f} deliveries/s, server CPU {r['server_cpu_pct']:.0f}% (all nodes), {r['server_us_per_delivery']:.2f} µs/delivery")
+        for g in r['regions']:
+            l = g['latency']
+            print(f"- {g['region']} ({g['role']}): {g['deliveries_per_s']:.0f}/s, loss {g['loss']:.4%}, p50 {l['p50_ms']:.2f} ms, p99 {l['p99_ms']:.2f} ms, link {g['link_delay_ms']:g} ms, p50 - link {g['p50_minus_link_ms']:.2f} ms")
 PY

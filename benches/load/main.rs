@@ -15,10 +15,13 @@
 //! and a fixed number of steps, and the server child is killed when the tool exits.
 
 mod clients;
+mod cross;
+mod mesh;
 mod proto;
 mod scenario;
 mod stats;
 mod target;
+mod wanrelay;
 mod ws;
 mod wt;
 
@@ -80,6 +83,8 @@ enum Command {
     Rooms(scenario::Rooms),
     /// A few seconds against an in-process node, small N: asserts deliveries arrived.
     Smoke,
+    /// Broadcast over a local multi-region mesh (one node per region, optional WAN relay).
+    CrossRegion(cross::Cross),
 }
 
 fn main() -> ExitCode {
@@ -125,6 +130,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let machine = target::machine();
     let core = (cli.server_core >= 0).then_some(cli.server_core as usize);
+    if let Command::CrossRegion(c) = &cli.command {
+        if cli.server != Server::Edgegate {
+            anyhow::bail!("cross-region runs edgegate nodes only");
+        }
+        let placement = cross::Placement {
+            core,
+            nice: cli.nice,
+            bin: cli.server_bin.clone(),
+        };
+        let mut v = cross::cross_region(cli.transport, c, placement).await?;
+        annotate(&mut v, &cli, &machine);
+        cross::print_table(&v);
+        println!("{v}");
+        return Ok(());
+    }
     let target = target::spawn(cli.server, core, cli.nice, cli.server_bin.clone())?;
     // Let the server settle (JIT warm-up for Node, allocator arenas for Rust).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,9 +162,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scenario::idle(&target, cli.transport, *conns).await?,
         ),
         Command::Rooms(r) => ("rooms", scenario::rooms(&target, cli.transport, r).await?),
-        Command::Smoke => unreachable!("handled above"),
+        Command::Smoke | Command::CrossRegion(_) => unreachable!("handled above"),
     };
-    if let Value::Object(m) = &mut v {
+    annotate(&mut v, &cli, &machine);
+    print_row(name, &v);
+    println!("{v}");
+    Ok(())
+}
+
+/// Adds what every result line names: server, transport, machine, pinning, niceness.
+fn annotate(v: &mut Value, cli: &Cli, machine: &str) {
+    if let Value::Object(m) = v {
         m.insert("server".into(), json!(cli.server.name()));
         m.insert("transport".into(), json!(cli.transport.name()));
         m.insert("machine".into(), json!(machine));
@@ -152,9 +180,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         m.insert("client_core".into(), json!(cli.client_core));
         m.insert("nice".into(), json!(cli.nice));
     }
-    print_row(name, &v);
-    println!("{v}");
-    Ok(())
 }
 
 fn f(v: &Value, k: &str) -> String {

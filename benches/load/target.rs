@@ -100,6 +100,22 @@ impl Drop for Target {
     }
 }
 
+impl Target {
+    /// An edgegate process started and stopped by someone else (a node of
+    /// [`crate::mesh::Mesh`]): clients reach it like any target; dropping this leaves the
+    /// process alone.
+    pub fn external(addr: SocketAddr, pid: u32, cert_sha256: Option<String>) -> Target {
+        Target {
+            server: Server::Edgegate,
+            addr,
+            pid: Some(pid),
+            cert_sha256,
+            child: None,
+            shutdown: None,
+        }
+    }
+}
+
 /// Directory of the repository (benches, peers, target).
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
