@@ -130,6 +130,11 @@ pub trait Direct: Send + Sync {
     /// kept, in order, for the writer task. Returns `true` when something is kept (the
     /// writer task must be woken to finish it).
     fn write_now(&self, items: &[Item], datagrams: &[Bytes]) -> bool;
+    /// Whether it takes frames at all; `false` for a transport that writes only datagrams
+    /// inline (frames then stay queued for the writer task).
+    fn takes_frames(&self) -> bool {
+        true
+    }
 }
 
 /// Longest a publisher's task spends writing inline per fan-out when the runtime has more
@@ -299,7 +304,18 @@ impl Outbox {
             items.clear();
             datagrams.clear();
             s.woken = false;
-            self.drain_locked(&mut s, items, datagrams, INLINE_BATCH);
+            if direct.takes_frames() {
+                self.drain_locked(&mut s, items, datagrams, INLINE_BATCH);
+            } else {
+                // Datagrams only; anything else stays for the writer task.
+                datagrams.extend(s.datagrams.drain(..));
+                if !s.queue.is_empty() || !s.dropped.is_empty() {
+                    s.woken = true;
+                    self.notify.notify_one();
+                } else if let Some(t) = s.since.take() {
+                    self.counters.deliver_latency.observe(t.elapsed());
+                }
+            }
             let pending = direct.write_now(items, datagrams);
             items.clear();
             datagrams.clear();
@@ -822,6 +838,50 @@ mod tests {
         }
         assert!(o.is_closed());
         assert!(o.ready().now_or_never().is_some(), "a close wakes at once");
+    }
+
+    /// Datagrams only, like WebTransport's inline path.
+    struct DatagramsOnly(Mutex<Vec<Bytes>>);
+
+    impl Direct for DatagramsOnly {
+        fn idle(&self) -> bool {
+            true
+        }
+        fn takes_frames(&self) -> bool {
+            false
+        }
+        fn write_now(&self, items: &[Item], datagrams: &[Bytes]) -> bool {
+            assert!(items.is_empty(), "frames handed to a datagram-only path");
+            self.0.lock().extend(datagrams.iter().cloned());
+            false
+        }
+    }
+
+    #[test]
+    fn a_datagram_only_path_takes_datagrams_and_leaves_frames_to_the_writer() {
+        let d = Arc::new(DatagramsOnly(Mutex::new(Vec::new())));
+        let o = Outbox::with_direct(
+            Config::default(),
+            Arc::new(Counters::default()),
+            Some(d.clone() as Arc<dyn Direct>),
+        );
+        let ch: Arc<str> = "game:1".into();
+        {
+            let _scope = InlineFlush::begin();
+            o.push_datagram(1, &ch, Bytes::from_static(b"d1"));
+        }
+        assert_eq!(*d.0.lock(), vec![Bytes::from_static(b"d1")]);
+        assert!(o.ready().now_or_never().is_none(), "writer not woken");
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"frame"));
+            o.push_datagram(1, &ch, Bytes::from_static(b"d2"));
+        }
+        assert_eq!(d.0.lock().len(), 2);
+        assert!(o.ready().now_or_never().is_some(), "woken for the frame");
+        let (items, datagrams, _) = drain(&o);
+        assert_eq!(items, vec![Item::Frame(1, Bytes::from_static(b"frame"))]);
+        assert!(datagrams.is_empty());
     }
 
     #[test]

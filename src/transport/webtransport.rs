@@ -20,6 +20,7 @@ use wtransport::endpoint::endpoint_side::Server;
 use wtransport::quinn;
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, ServerConfig, VarInt};
 
+use crate::hub::outbox::Direct;
 use crate::hub::{Item, Lane};
 use crate::protocol::{ErrorCode, ServerFrame, StreamDecoder, encode_server, frame_len};
 use crate::session::admission::{Permit, Refusal};
@@ -143,6 +144,7 @@ async fn refuse(
         lanes: HashMap::new(),
         single_stream: false,
         bufs: Vec::new(),
+        datagrams: None,
     };
     let frame = encode_server(&ServerFrame::fatal(refusal.code(), reason.clone()));
     writer.close(refusal.code(), &reason, Some(frame)).await;
@@ -204,8 +206,20 @@ async fn handle(incoming: IncomingSession, shared: Arc<Shared>, _permit: Permit)
         lanes: HashMap::new(),
         single_stream: false,
         bufs: Vec::new(),
+        datagrams: Some(Arc::new(Datagrams {
+            conn: conn.clone(),
+            counters: shared.hub.counters().clone(),
+        })),
     };
-    session::run(shared, Kind::WebTransport, peer, reader, writer).await;
+    // Boxed: awaited in place, the session's state would be laid out twice in this task.
+    Box::pin(session::run(
+        shared,
+        Kind::WebTransport,
+        peer,
+        reader,
+        writer,
+    ))
+    .await;
     conn.close(VarInt::from_u32(0), b"");
 }
 
@@ -274,6 +288,42 @@ struct Writer {
     single_stream: bool,
     /// Per-lane write buffers reused across batches.
     bufs: Vec<(Lane, BytesMut)>,
+    /// The inline path for datagrams (none while refusing).
+    datagrams: Option<Arc<Datagrams>>,
+}
+
+/// WebTransport's inline path (see [`crate::hub::outbox::Direct`]): datagrams only. Sending
+/// one is synchronous (it is queued in the QUIC connection, whose driver task sends it), so
+/// the hub's fan-out hands datagrams over directly instead of waking the session's writer.
+/// Stream frames need an open stream and flow-control credit, so they stay with the writer.
+struct Datagrams {
+    conn: Connection,
+    counters: Arc<crate::hub::Counters>,
+}
+
+impl Direct for Datagrams {
+    fn idle(&self) -> bool {
+        true
+    }
+
+    fn takes_frames(&self) -> bool {
+        false
+    }
+
+    fn write_now(&self, _items: &[Item], datagrams: &[Bytes]) -> bool {
+        let mut dropped = 0;
+        for d in datagrams {
+            if self.conn.send_datagram(d).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.counters
+                .dropped_datagram_send
+                .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        }
+        false
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> TransportError {
@@ -283,6 +333,10 @@ fn io(e: impl std::fmt::Display) -> TransportError {
 impl FrameWrite for Writer {
     fn set_single_stream(&mut self) {
         self.single_stream = true;
+    }
+
+    fn direct(&self) -> Option<Arc<dyn Direct>> {
+        self.datagrams.clone().map(|d| d as Arc<dyn Direct>)
     }
 
     async fn write(
