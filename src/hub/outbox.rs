@@ -210,6 +210,8 @@ pub struct Outbox {
     config: Config,
     counters: Arc<Counters>,
     direct: Option<Arc<dyn Direct>>,
+    /// `direct` takes frames (not only datagrams).
+    inline_frames: bool,
     me: Weak<Outbox>,
 }
 
@@ -246,6 +248,7 @@ impl Outbox {
             closed_notify: Notify::new(),
             config,
             counters,
+            inline_frames: direct.as_ref().is_some_and(|d| d.takes_frames()),
             direct,
             me: me.clone(),
         })
@@ -261,11 +264,21 @@ impl Outbox {
         if !s.woken {
             s.woken = true;
             s.since.get_or_insert_with(Instant::now);
-            if self.direct.is_some() && !s.busy && self.note() {
+            if self.inline_frames && !s.busy && self.note() {
                 return;
             }
             self.notify.notify_one();
         }
+    }
+
+    /// As [`wake`](Self::wake), for a datagram: also inline on a datagram-only path.
+    fn wake_datagram(&self, s: &mut State) {
+        if !s.woken && self.direct.is_some() && !s.busy && s.closed.is_none() && self.note() {
+            s.woken = true;
+            s.since.get_or_insert_with(Instant::now);
+            return;
+        }
+        self.wake(s);
     }
 
     /// Notes this outbox in the thread's inline scope; `false` when there is none.
@@ -410,7 +423,7 @@ impl Outbox {
                 .fetch_add(1, Ordering::Relaxed);
         }
         s.datagrams.push_back(frame);
-        self.wake(&mut s);
+        self.wake_datagram(&mut s);
     }
 
     fn note_drop(&self, s: &mut State, lane: Lane, channel: &Arc<str>) {
@@ -872,16 +885,28 @@ mod tests {
         }
         assert_eq!(*d.0.lock(), vec![Bytes::from_static(b"d1")]);
         assert!(o.ready().now_or_never().is_none(), "writer not woken");
+        // A datagram first is written inline even if a frame follows it for the writer.
         {
             let _scope = InlineFlush::begin();
-            o.push(1, Bytes::from_static(b"frame"));
             o.push_datagram(1, &ch, Bytes::from_static(b"d2"));
+            o.push(1, Bytes::from_static(b"frame"));
         }
         assert_eq!(d.0.lock().len(), 2);
         assert!(o.ready().now_or_never().is_some(), "woken for the frame");
         let (items, datagrams, _) = drain(&o);
         assert_eq!(items, vec![Item::Frame(1, Bytes::from_static(b"frame"))]);
         assert!(datagrams.is_empty());
+        o.written();
+        // Once the writer is woken for a frame, datagrams queued meanwhile go with it.
+        {
+            let _scope = InlineFlush::begin();
+            o.push(1, Bytes::from_static(b"frame2"));
+            o.push_datagram(1, &ch, Bytes::from_static(b"d3"));
+        }
+        assert_eq!(d.0.lock().len(), 2);
+        let (items, datagrams, _) = drain(&o);
+        assert_eq!(items.len(), 1);
+        assert_eq!(datagrams, vec![Bytes::from_static(b"d3")]);
     }
 
     #[test]
