@@ -307,14 +307,16 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     // (or anything else closes it) the write is abandoned.
                     // The last batch of a graceful close (it carries `GoingAway`) is written
                     // with a time limit instead: the outbox already reads as closed.
+                    // Boxed: the write future (and the select around it) is the largest
+                    // part of this loop, and in place it would be held by every idle session.
+                    let write = Box::pin(writer.write(&items, &datagrams));
                     let written = if closed.is_some() {
-                        tokio::time::timeout(CLOSE_TIMEOUT, writer.write(&items, &datagrams))
-                            .await
-                            .ok()
+                        tokio::time::timeout(CLOSE_TIMEOUT, write).await.ok()
                     } else {
-                        tokio::select! {
-                            r = writer.write(&items, &datagrams) => Some(r),
-                            _ = outbox.closed() => None,
+                        let closing = Box::pin(outbox.closed());
+                        match futures::future::select(write, closing).await {
+                            futures::future::Either::Left((r, _)) => Some(r),
+                            futures::future::Either::Right(_) => None,
                         }
                     };
                     let Some(written) = written else {
@@ -436,10 +438,12 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
 
 /// Waits for and checks the `Hello`: the grant, client name and `single_stream`, or the
 /// error to refuse it with; `None` when the peer went away first.
+/// The grant is boxed: the session holds it for its whole life, and in place it would be
+/// laid out more than once in the session's state.
 async fn hello<R: FrameRead>(
     shared: &Shared,
     reader: &mut R,
-) -> Option<Result<(Grant, String, bool), (ErrorCode, String)>> {
+) -> Option<Result<(Box<Grant>, String, bool), (ErrorCode, String)>> {
     let cfg = &shared.config;
     let first = tokio::time::timeout(
         Duration::from_secs(cfg.handshake_timeout_secs),
@@ -472,7 +476,7 @@ async fn hello<R: FrameRead>(
                     shared
                         .verifier
                         .verify(&token, now_ms() / 1000)
-                        .map(|g| (g, client_name, single_stream))
+                        .map(|g| (Box::new(g), client_name, single_stream))
                         .map_err(|e| (e.code(), e.to_string()))
                 }
             }
@@ -490,8 +494,56 @@ type Loop<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Runs the loops until the first one ends, polling each only when its own waker fired.
 /// (`select!` polls every branch on each wake: the reader and the ticker on every write
-/// batch, which cost a transport read attempt per delivery batch.)
-async fn first_of(loops: [Loop<'_>; 3]) {
-    let mut running: futures::stream::FuturesUnordered<Loop<'_>> = loops.into_iter().collect();
-    futures::StreamExt::next(&mut running).await;
+/// batch, which cost a transport read attempt per delivery batch.) Each loop gets a waker
+/// that sets its bit and wakes the session task; a wake-up polls only the loops whose bits
+/// are set. Three small wakers cost less per session than a `FuturesUnordered`.
+async fn first_of(mut loops: [Loop<'_>; 3]) {
+    use std::sync::atomic::AtomicU8;
+    use std::task::{Poll, Wake, Waker};
+
+    struct Flags {
+        ready: AtomicU8,
+        task: futures::task::AtomicWaker,
+    }
+    struct Bit {
+        flags: Arc<Flags>,
+        bit: u8,
+    }
+    impl Wake for Bit {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.flags.ready.fetch_or(self.bit, Ordering::AcqRel);
+            self.flags.task.wake();
+        }
+    }
+
+    let flags = Arc::new(Flags {
+        // Every loop is polled the first time.
+        ready: AtomicU8::new(0b111),
+        task: futures::task::AtomicWaker::new(),
+    });
+    let wakers: [Waker; 3] = [0u8, 1, 2].map(|i| {
+        Waker::from(Arc::new(Bit {
+            flags: flags.clone(),
+            bit: 1 << i,
+        }))
+    });
+    std::future::poll_fn(|cx| {
+        // Registered before the bits are taken: a wake-up after the swap wakes us again.
+        flags.task.register(cx.waker());
+        let ready = flags.ready.swap(0, Ordering::AcqRel);
+        for (i, (l, w)) in loops.iter_mut().zip(&wakers).enumerate() {
+            if ready & (1 << i) != 0
+                && l.as_mut()
+                    .poll(&mut std::task::Context::from_waker(w))
+                    .is_ready()
+            {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }

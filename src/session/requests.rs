@@ -39,7 +39,7 @@ pub(super) struct State<'a> {
     pub(super) shared: &'a Arc<Shared>,
     pub(super) who: &'a SessionRef,
     pub(super) outbox: &'a Arc<Outbox>,
-    pub(super) grant: Grant,
+    pub(super) grant: Box<Grant>,
     pub(super) subs: &'a Arc<Mutex<HashMap<String, Lane>>>,
     pub(super) next_lane: Lane,
     pub(super) bucket: Bucket,
@@ -393,7 +393,7 @@ impl State<'_> {
                     Ok(g) if g.user == self.grant.user => {
                         self.expires
                             .store(g.expires_at.unwrap_or(u64::MAX), Ordering::Relaxed);
-                        self.grant = g;
+                        self.grant = Box::new(g);
                         self.outbox.push_frame(CONTROL, &ServerFrame::Ok { id });
                     }
                     Ok(_) => {
