@@ -393,7 +393,7 @@ impl State<'_> {
                     Ok(g) if g.user == self.grant.user => {
                         self.expires
                             .store(g.expires_at.unwrap_or(u64::MAX), Ordering::Relaxed);
-                        self.grant = Box::new(g);
+                        *self.grant = g;
                         self.outbox.push_frame(CONTROL, &ServerFrame::Ok { id });
                     }
                     Ok(_) => {
