@@ -142,6 +142,9 @@ pub trait Direct: Send + Sync {
 /// threads can run). With one worker there is nobody to hand off to: no limit.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 
+/// Largest queue capacity an outbox keeps once drained (slots).
+const QUEUE_KEEP: usize = 4;
+
 /// Most frames written inline for one outbox per fan-out (like the writer's batch).
 const INLINE_BATCH: usize = 256;
 
@@ -528,9 +531,9 @@ impl Outbox {
         if !s.queue.is_empty() {
             return None;
         }
-        // The writer task's drains are the slow path (replies, a backlog): an emptied queue
-        // gives its memory back, so an idle session holds none. (Inline drains keep it.)
-        if s.queue.capacity() > 0 {
+        // An emptied queue that grew for a burst gives its memory back; a small one is kept
+        // (freeing it would cost an allocation per delivery on the writer's path).
+        if s.queue.capacity() > QUEUE_KEEP {
             s.queue = VecDeque::new();
         }
         s.closing.take().inspect(|c| s.closed = Some(c.clone()))

@@ -294,11 +294,12 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
             }
         };
         let write_loop = async {
-            // Allocated per batch and released after it: an idle session holds none.
-            let mut items = Vec::new();
-            let mut datagrams = Vec::new();
             loop {
                 outbox.ready().await;
+                // Batch buffers come from a per-thread pool and go back after the write: an
+                // idle session holds none, and a busy one allocates none per batch.
+                let (mut items, mut datagrams) =
+                    BATCH.with(|b| std::mem::take(&mut *b.borrow_mut()));
                 items.clear();
                 datagrams.clear();
                 let closed = outbox.drain(&mut items, &mut datagrams, cfg.write_batch);
@@ -307,16 +308,14 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     // (or anything else closes it) the write is abandoned.
                     // The last batch of a graceful close (it carries `GoingAway`) is written
                     // with a time limit instead: the outbox already reads as closed.
-                    // Boxed: the write future (and the select around it) is the largest
-                    // part of this loop, and in place it would be held by every idle session.
-                    let write = Box::pin(writer.write(&items, &datagrams));
                     let written = if closed.is_some() {
-                        tokio::time::timeout(CLOSE_TIMEOUT, write).await.ok()
+                        tokio::time::timeout(CLOSE_TIMEOUT, writer.write(&items, &datagrams))
+                            .await
+                            .ok()
                     } else {
-                        let closing = Box::pin(outbox.closed());
-                        match futures::future::select(write, closing).await {
-                            futures::future::Either::Left((r, _)) => Some(r),
-                            futures::future::Either::Right(_) => None,
+                        tokio::select! {
+                            r = writer.write(&items, &datagrams) => Some(r),
+                            _ = outbox.closed() => None,
                         }
                     };
                     let Some(written) = written else {
@@ -358,10 +357,10 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                     }
                 }
                 outbox.written();
-                // An idle session holds no batch buffers.
-                if items.capacity() > 0 || datagrams.capacity() > 0 {
-                    items = Vec::new();
-                    datagrams = Vec::new();
+                items.clear();
+                datagrams.clear();
+                if items.capacity() <= BATCH_KEEP && datagrams.capacity() <= BATCH_KEEP {
+                    BATCH.with(|b| *b.borrow_mut() = (items, datagrams));
                 }
                 if let Some(Closed {
                     code,
@@ -488,6 +487,15 @@ async fn hello<R: FrameRead>(
         },
     })
 }
+
+thread_local! {
+    /// Batch buffers lent to a session's writer for one batch (see the write loop).
+    static BATCH: std::cell::RefCell<(Vec<Item>, Vec<Bytes>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Largest batch buffers returned to the per-thread pool.
+const BATCH_KEEP: usize = 1024;
 
 /// One of a session's loops.
 type Loop<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
