@@ -115,6 +115,20 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// The next frame if one is already complete in the buffer (no I/O).
+    pub fn try_next(&mut self, stats: &LinkStats) -> Option<anyhow::Result<PeerFrame>> {
+        let f = match self.decoder.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(anyhow::anyhow!("framing: {e}"))),
+        };
+        stats.msgs_in.fetch_add(1, Ordering::Relaxed);
+        stats
+            .bytes_in
+            .fetch_add(f.len() as u64 + 4, Ordering::Relaxed);
+        Some(decode_peer(&f, MAX_PEER_FRAME).map_err(|e| anyhow::anyhow!("bad peer frame: {e}")))
+    }
+
     /// The next frame; `Ok(None)` when the peer closed.
     pub async fn next(&mut self, stats: &LinkStats) -> anyhow::Result<Option<PeerFrame>> {
         loop {

@@ -36,7 +36,28 @@ async fn run_link(core: Arc<Core>, link: Arc<Link>, mut incoming: Incoming) {
         loop {
             tokio::select! {
                 f = incoming.next(&link.stats) => match f {
-                    Ok(Some(frame)) => core.handle(&link, frame),
+                    Ok(Some(frame)) => {
+                        // Every frame this read brought in one inline-write scope (see
+                        // `hub::outbox`): a burst of entries is one write per subscriber.
+                        let _scope = crate::hub::outbox::InlineFlush::begin();
+                        core.handle(&link, frame);
+                        let mut bad = None;
+                        while let Some(next) = incoming.try_next(&link.stats) {
+                            match next {
+                                Ok(frame) => core.handle(&link, frame),
+                                Err(e) => {
+                                    bad = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(e) = bad {
+                            core.refused.fetch_add(1, Ordering::Relaxed);
+                            warn!(peer = %link.peer.node_id, error = %e, "peer sent a bad frame: closing the link");
+                            link.close("bad frame");
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         core.refused.fetch_add(1, Ordering::Relaxed);

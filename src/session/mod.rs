@@ -80,6 +80,11 @@ pub enum TransportError {
 pub trait FrameRead: Send {
     /// The next frame, `Ok(None)` when the peer closed cleanly.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
+    /// The next frame if one is already complete in the transport's buffer, without I/O:
+    /// the session handles everything one read brought in one inline-write scope.
+    fn try_next(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        None
+    }
 }
 
 /// The outbound half of a transport.
@@ -272,24 +277,39 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
         };
         let read_loop = async {
             loop {
-                match reader.recv().await {
-                    Ok(Some(b)) => {
-                        last_rx.store(now_ms(), Ordering::Relaxed);
-                        if let Err((code, reason)) = state.handle(&b) {
-                            outbox.close(code, reason);
-                            // The writer sends the error and closes.
-                            std::future::pending::<()>().await;
+                let mut next = Some(reader.recv().await);
+                // Everything this read brought is handled in one inline-write scope (see
+                // `hub::outbox`): when publishes arrive faster than one at a time, each
+                // subscriber then gets one write for all of them instead of one per message.
+                let scope = crate::hub::outbox::InlineFlush::begin();
+                let mut failed = None;
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(Some(b)) => {
+                            last_rx.store(now_ms(), Ordering::Relaxed);
+                            if let Err(e) = state.handle(&b) {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                        Ok(None) | Err(TransportError::Closed) => return,
+                        Err(TransportError::Protocol { code, reason }) => {
+                            failed = Some((code, reason));
+                            break;
+                        }
+                        Err(TransportError::Io(e)) => {
+                            debug!(error = %e, "read failed");
+                            return;
                         }
                     }
-                    Ok(None) | Err(TransportError::Closed) => return,
-                    Err(TransportError::Protocol { code, reason }) => {
-                        outbox.close(code, reason);
-                        std::future::pending::<()>().await;
-                    }
-                    Err(TransportError::Io(e)) => {
-                        debug!(error = %e, "read failed");
-                        return;
-                    }
+                    next = reader.try_next();
+                }
+                // Written before any await: the scope is this thread's.
+                drop(scope);
+                if let Some((code, reason)) = failed {
+                    outbox.close(code, reason);
+                    // The writer sends the error and closes.
+                    std::future::pending::<()>().await;
                 }
             }
         };

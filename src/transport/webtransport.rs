@@ -246,6 +246,14 @@ fn framing_error(e: crate::protocol::DecodeError) -> TransportError {
 }
 
 impl FrameRead for Reader {
+    fn try_next(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        match self.decoder.next_frame() {
+            Ok(Some(f)) => Some(Ok(Some(f))),
+            Ok(None) => None,
+            Err(e) => Some(Err(framing_error(e))),
+        }
+    }
+
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             if let Some(f) = self.decoder.next_frame().map_err(framing_error)? {

@@ -399,6 +399,35 @@ impl Reader {
 }
 
 impl FrameRead for Reader {
+    fn try_next(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
+        loop {
+            // Data frames and pongs only: a ping or a close needs an answer written, which
+            // `recv` does.
+            let opcode = self.buf.first()? & 0x0F;
+            if opcode != OP_BINARY && opcode != frame::OP_CONTINUATION && opcode != OP_PONG {
+                return None;
+            }
+            let (m, used) = match self.parser.next(&self.buf, self.max) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            self.buf.drain(..used);
+            if self.buf.is_empty() {
+                self.buf = Vec::new();
+            }
+            match m {
+                Some(Incoming::Binary(b)) => return Some(Ok(Some(b))),
+                Some(Incoming::Pong) => continue,
+                Some(other) => {
+                    unreachable!("only data frames and pongs are parsed here: {other:?}")
+                }
+                // An incomplete frame, or a fragment kept by the parser.
+                None if used == 0 => return None,
+                None => continue,
+            }
+        }
+    }
+
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             if !self.buf.is_empty() {
@@ -525,5 +554,67 @@ impl FrameWrite for Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 1, 9, 3];
+        let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[tokio::test]
+    async fn one_read_yields_its_data_frames_without_io_and_leaves_pings_to_recv() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let plain = Arc::new(Plain {
+            tcp: server,
+            out: Mutex::new(Out::default()),
+        });
+        let mut reader = Reader {
+            src: Src::Plain(plain),
+            buf: Vec::new(),
+            parser: Parser::default(),
+            max: 1024,
+        };
+        let mut wire = client(OP_BINARY, b"one");
+        wire.extend(client(OP_PONG, b""));
+        wire.extend(client(OP_BINARY, b"two"));
+        wire.extend(client(frame::OP_PING, b"p"));
+        wire.extend(client(OP_BINARY, b"three"));
+        peer.write_all(&wire).await.expect("write");
+        let mut got = Vec::new();
+        // All 5 frames may need more than one read to arrive; each read's frames come out.
+        while got.len() < 3 {
+            let first = tokio::time::timeout(Duration::from_secs(5), reader.recv())
+                .await
+                .expect("in time")
+                .expect("frame")
+                .expect("open");
+            got.push(first);
+            while let Some(next) = reader.try_next() {
+                got.push(next.expect("frame").expect("open"));
+            }
+        }
+        assert_eq!(got, vec![&b"one"[..], b"two", b"three"]);
+        // The ping was answered (by recv, in order).
+        let mut pong = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut pong))
+            .await
+            .expect("in time")
+            .expect("pong");
+        assert_eq!(pong, [0x80 | OP_PONG, 1, b'p']);
     }
 }
