@@ -283,6 +283,7 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 // subscriber then gets one write for all of them instead of one per message.
                 let scope = crate::hub::outbox::InlineFlush::begin();
                 let mut failed = None;
+                let mut taken = 0;
                 while let Some(r) = next.take() {
                     match r {
                         Ok(Some(b)) => {
@@ -302,7 +303,10 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                             return;
                         }
                     }
-                    next = reader.try_next();
+                    taken += 1;
+                    if taken < READ_BATCH {
+                        next = reader.try_next();
+                    }
                 }
                 // Written before any await: the scope is this thread's.
                 drop(scope);
@@ -513,6 +517,10 @@ thread_local! {
     static BATCH: std::cell::RefCell<(Vec<Item>, Vec<Bytes>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
+
+/// Most frames handled in one inline-write scope (then the fan-out is written and the
+/// reader goes on): bounds how long one busy publisher holds its writes back.
+const READ_BATCH: usize = 256;
 
 /// Largest batch buffers returned to the per-thread pool.
 const BATCH_KEEP: usize = 1024;

@@ -376,6 +376,25 @@ fn io_error(e: std::io::Error) -> TransportError {
 }
 
 impl Reader {
+    /// One non-blocking read on a plain socket: `None` when nothing more is there (or on
+    /// TLS, where reads are async only, or at end of stream, which `recv` reports).
+    fn read_now(&mut self) -> Option<Result<(), TransportError>> {
+        let Src::Plain(p) = &self.src else {
+            return None;
+        };
+        self.buf.reserve(READ_CHUNK);
+        let r = match p.tcp.try_read_buf(&mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(())),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(io_error(e))),
+        };
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+        r
+    }
+
     /// Sends a control frame (pong, close reply) from the reader's side.
     async fn control(&mut self, opcode: u8, payload: &[u8]) {
         match &self.src {
@@ -401,6 +420,14 @@ impl Reader {
 impl FrameRead for Reader {
     fn try_next(&mut self) -> Option<Result<Option<Bytes>, TransportError>> {
         loop {
+            if self.buf.is_empty() {
+                // What else has already arrived (one non-blocking read): a publisher that is
+                // ahead of us gets its publishes handled, and fanned out, together.
+                match self.read_now()? {
+                    Ok(()) => continue,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
             // Data frames and pongs only: a ping or a close needs an answer written, which
             // `recv` does.
             let opcode = self.buf.first()? & 0x0F;
@@ -421,8 +448,12 @@ impl FrameRead for Reader {
                 Some(other) => {
                     unreachable!("only data frames and pongs are parsed here: {other:?}")
                 }
-                // An incomplete frame, or a fragment kept by the parser.
-                None if used == 0 => return None,
+                // An incomplete frame: perhaps its rest has arrived.
+                None if used == 0 => match self.read_now()? {
+                    Ok(()) => continue,
+                    Err(e) => return Some(Err(e)),
+                },
+                // A fragment kept by the parser.
                 None => continue,
             }
         }
