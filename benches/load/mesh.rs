@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::target::{Target, repo_dir};
+use crate::target::Target;
 use crate::wanrelay::{Relays, Wan};
 
 /// How long a node gets to exit after SIGTERM before it is killed.
@@ -132,18 +132,7 @@ impl Mesh {
         if spec.regions.len() < 2 {
             bail!("a mesh needs at least two regions");
         }
-        let bin = spec.bin.clone().unwrap_or_else(|| {
-            let dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo_dir().join("target"));
-            dir.join("release").join("edgegate")
-        });
-        if !bin.exists() {
-            bail!(
-                "{} not found: run `cargo build --release` first",
-                bin.display()
-            );
-        }
+        let bin = crate::target::edgegate_bin(spec.bin.clone())?;
         let ids: Vec<String> = spec.regions.iter().map(|r| format!("{r}-1")).collect();
         let certs = std::env::temp_dir().join(format!("edgegate-load-mesh-{}", std::process::id()));
         let mut mesh = Mesh {

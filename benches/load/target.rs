@@ -121,6 +121,24 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The edgegate binary: `bin`, or `target/release/edgegate`; an error naming the build
+/// command if it is not there.
+pub fn edgegate_bin(bin: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = bin.unwrap_or_else(|| {
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_dir().join("target"));
+        dir.join("release").join("edgegate")
+    });
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --release` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// Starts `server` pinned to `core`. `bin` overrides the edgegate binary.
 pub fn spawn(
     server: Server,
@@ -130,18 +148,7 @@ pub fn spawn(
 ) -> anyhow::Result<Target> {
     let (prog, args): (PathBuf, Vec<String>) = match server {
         Server::Edgegate => {
-            let bin = bin.unwrap_or_else(|| {
-                let dir = std::env::var_os("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| repo_dir().join("target"));
-                dir.join("release").join("edgegate")
-            });
-            if !bin.exists() {
-                bail!(
-                    "{} not found: run `cargo build --release` first",
-                    bin.display()
-                );
-            }
+            let bin = edgegate_bin(bin)?;
             (
                 bin,
                 [

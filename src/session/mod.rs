@@ -348,20 +348,9 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                         let closed = closed
                             .clone()
                             .or_else(|| outbox.drain(&mut items, &mut datagrams, 0));
-                        if let Some(Closed {
-                            code,
-                            reason,
-                            send_error,
-                        }) = closed
-                        {
-                            debug!(%code, %reason, "closing session while a write was blocked");
-                            let f = send_error
-                                .then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                            let _ = tokio::time::timeout(
-                                CLOSE_TIMEOUT,
-                                Box::pin(writer.close(code, &reason, f)),
-                            )
-                            .await;
+                        if let Some(c) = closed {
+                            debug!(code = %c.code, reason = %c.reason, "closing session while a write was blocked");
+                            close(&mut writer, c).await;
                         }
                         return;
                     };
@@ -386,20 +375,9 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
                 if items.capacity() <= BATCH_KEEP && datagrams.capacity() <= BATCH_KEEP {
                     BATCH.with(|b| *b.borrow_mut() = (items, datagrams));
                 }
-                if let Some(Closed {
-                    code,
-                    reason,
-                    send_error,
-                }) = closed
-                {
-                    debug!(%code, %reason, "closing session");
-                    let f = send_error
-                        .then(|| encode_server(&ServerFrame::fatal(code, reason.clone())));
-                    let _ = tokio::time::timeout(
-                        CLOSE_TIMEOUT,
-                        Box::pin(writer.close(code, &reason, f)),
-                    )
-                    .await;
+                if let Some(c) = closed {
+                    debug!(code = %c.code, reason = %c.reason, "closing session");
+                    close(&mut writer, c).await;
                     return;
                 }
             }
@@ -457,6 +435,15 @@ pub async fn run<R: FrameRead, W: FrameWrite>(
     }
     .instrument(span)
     .await
+}
+
+/// Closes the transport as `c` says: the `Error` frame first if it asks for one, within
+/// [`CLOSE_TIMEOUT`].
+async fn close<W: FrameWrite>(writer: &mut W, c: Closed) {
+    let f = c
+        .send_error
+        .then(|| encode_server(&ServerFrame::fatal(c.code, c.reason.clone())));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, Box::pin(writer.close(c.code, &c.reason, f))).await;
 }
 
 /// Waits for and checks the `Hello`: the grant, client name and `single_stream`, or the
