@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::clients::{Clients, Pace, Transport};
 use crate::mesh::{Mesh, Spec, links};
+use crate::scenario::{latency, progress_line};
 use crate::stats::{Hist, Run, cpu_secs};
 use crate::wanrelay::Wan;
 
@@ -87,16 +88,6 @@ struct Region {
     subs: usize,
 }
 
-fn latency(h: &Hist) -> Value {
-    json!({
-        "p50_ms": h.quantile(0.50) as f64 / 1000.0,
-        "p90_ms": h.quantile(0.90) as f64 / 1000.0,
-        "p99_ms": h.quantile(0.99) as f64 / 1000.0,
-        "p999_ms": h.quantile(0.999) as f64 / 1000.0,
-        "max_ms": h.max() as f64 / 1000.0,
-    })
-}
-
 /// CPU seconds of every process, or `None` when one cannot be read.
 fn cpu_all(pids: &[u32]) -> Option<Vec<f64>> {
     pids.iter().map(|p| cpu_secs(*p)).collect()
@@ -126,7 +117,7 @@ fn check(c: &Cross) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints one progress line a second until `stop`: deliveries/s per region.
+/// One progress line a second until `stop`: deliveries/s per region.
 fn progress(
     label: String,
     names: Vec<String>,
@@ -134,46 +125,20 @@ fn progress(
     total_secs: f64,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use std::io::IsTerminal;
-    let tty = std::io::stderr().is_terminal();
-    tokio::spawn(async move {
-        let start = Instant::now();
-        let mut last: Vec<u64> = runs
-            .iter()
-            .map(|r| r.delivered.load(Ordering::Relaxed))
-            .collect();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let el = start.elapsed().as_secs_f64();
-            let width = 30usize;
-            let done = ((el / total_secs.max(0.001)) * width as f64).min(width as f64) as usize;
-            let mut per = String::new();
-            let mut disconnects = 0;
-            for ((name, run), last) in names.iter().zip(&runs).zip(last.iter_mut()) {
-                let d = run.delivered.load(Ordering::Relaxed);
-                per.push_str(&format!(" {name} {:>7.0}", (d - *last) as f64));
-                *last = d;
-                disconnects += run.disconnects.load(Ordering::Relaxed);
-            }
-            let line = format!(
-                "{label} [{}{}] {el:>5.1}/{total_secs:.0}s deliveries/s:{per}, disconnects {disconnects}",
-                "#".repeat(done),
-                " ".repeat(width - done),
-            );
-            if tty {
-                eprint!("\r{line}");
-            } else {
-                eprintln!("{line}");
-            }
+    let mut last: Vec<u64> = runs
+        .iter()
+        .map(|r| r.delivered.load(Ordering::Relaxed))
+        .collect();
+    progress_line(label, total_secs, stop, move || {
+        let mut per = String::new();
+        let mut disconnects = 0;
+        for ((name, run), last) in names.iter().zip(&runs).zip(last.iter_mut()) {
+            let d = run.delivered.load(Ordering::Relaxed);
+            per.push_str(&format!(" {name} {:>7.0}", (d - *last) as f64));
+            *last = d;
+            disconnects += run.disconnects.load(Ordering::Relaxed);
         }
-        if tty {
-            eprintln!();
-        }
+        format!("deliveries/s:{per}, disconnects {disconnects}")
     });
 }
 

@@ -82,7 +82,8 @@ impl Window {
     }
 }
 
-fn latency(h: &Hist) -> Value {
+/// Latency percentiles of a run, in ms.
+pub(crate) fn latency(h: &Hist) -> Value {
     json!({
         "p50_ms": h.quantile(0.50) as f64 / 1000.0,
         "p90_ms": h.quantile(0.90) as f64 / 1000.0,
@@ -92,18 +93,18 @@ fn latency(h: &Hist) -> Value {
     })
 }
 
-/// Prints one progress line a second until `stop` (to stderr; `\r` on a terminal).
-fn progress(
+/// Prints one progress line a second until `stop` (to stderr; `\r` on a terminal): a bar for
+/// the time passed, then what `figures` says for the last second.
+pub(crate) fn progress_line(
     label: String,
-    run: Arc<Run>,
     total_secs: f64,
     stop: tokio_util::sync::CancellationToken,
+    mut figures: impl FnMut() -> String + Send + 'static,
 ) {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     tokio::spawn(async move {
         let start = Instant::now();
-        let mut last = run.delivered.load(Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
@@ -111,18 +112,15 @@ fn progress(
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let d = run.delivered.load(Ordering::Relaxed);
             let el = start.elapsed().as_secs_f64();
             let width = 30usize;
             let done = ((el / total_secs.max(0.001)) * width as f64).min(width as f64) as usize;
             let line = format!(
-                "{label} [{}{}] {el:>5.1}/{total_secs:.0}s {:>9.0} deliveries/s, disconnects {}",
+                "{label} [{}{}] {el:>5.1}/{total_secs:.0}s {}",
                 "#".repeat(done),
                 " ".repeat(width - done),
-                (d - last) as f64,
-                run.disconnects.load(Ordering::Relaxed)
+                figures()
             );
-            last = d;
             if tty {
                 eprint!("\r{line}");
             } else {
@@ -132,6 +130,25 @@ fn progress(
         if tty {
             eprintln!();
         }
+    });
+}
+
+/// One run's deliveries/s and disconnects, one line a second.
+fn progress(
+    label: String,
+    run: Arc<Run>,
+    total_secs: f64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut last = run.delivered.load(Ordering::Relaxed);
+    progress_line(label, total_secs, stop, move || {
+        let d = run.delivered.load(Ordering::Relaxed);
+        let per = (d - last) as f64;
+        last = d;
+        format!(
+            "{per:>9.0} deliveries/s, disconnects {}",
+            run.disconnects.load(Ordering::Relaxed)
+        )
     });
 }
 
