@@ -257,7 +257,18 @@ impl Outbox {
         })
     }
 
+    /// Wakes the writer for a frame, or notes the outbox for an inline write at the end of
+    /// the thread's scope if the transport takes frames inline.
     fn wake(&self, s: &mut State) {
+        self.wake_or_note(s, self.inline_frames);
+    }
+
+    /// As [`wake`](Self::wake), for a datagram: inline on any `Direct` path.
+    fn wake_datagram(&self, s: &mut State) {
+        self.wake_or_note(s, self.direct.is_some());
+    }
+
+    fn wake_or_note(&self, s: &mut State, inline: bool) {
         if s.closed.is_some() {
             // A close is never deferred to the end of an inline scope.
             s.woken = true;
@@ -267,21 +278,11 @@ impl Outbox {
         if !s.woken {
             s.woken = true;
             s.since.get_or_insert_with(Instant::now);
-            if self.inline_frames && !s.busy && self.note() {
+            if inline && !s.busy && self.note() {
                 return;
             }
             self.notify.notify_one();
         }
-    }
-
-    /// As [`wake`](Self::wake), for a datagram: also inline on a datagram-only path.
-    fn wake_datagram(&self, s: &mut State) {
-        if !s.woken && self.direct.is_some() && !s.busy && s.closed.is_none() && self.note() {
-            s.woken = true;
-            s.since.get_or_insert_with(Instant::now);
-            return;
-        }
-        self.wake(s);
     }
 
     /// Notes this outbox in the thread's inline scope; `false` when there is none.
