@@ -389,10 +389,24 @@ impl Reader {
             Err(e) if e.kind() == ErrorKind::WouldBlock => None,
             Err(e) => Some(Err(io_error(e))),
         };
+        self.release_if_empty();
+        r
+    }
+
+    /// Takes the next message or control frame out of the buffer (see [`Parser::next`]);
+    /// returns it and how many bytes it used.
+    fn take(&mut self) -> Result<(Option<Incoming>, usize), TransportError> {
+        let (m, used) = self.parser.next(&self.buf, self.max)?;
+        self.buf.drain(..used);
+        self.release_if_empty();
+        Ok((m, used))
+    }
+
+    /// An empty buffer gives its memory back: an idle connection holds none.
+    fn release_if_empty(&mut self) {
         if self.buf.is_empty() {
             self.buf = Vec::new();
         }
-        r
     }
 
     /// Sends a control frame (pong, close reply) from the reader's side.
@@ -434,14 +448,10 @@ impl FrameRead for Reader {
             if opcode != OP_BINARY && opcode != frame::OP_CONTINUATION && opcode != OP_PONG {
                 return None;
             }
-            let (m, used) = match self.parser.next(&self.buf, self.max) {
+            let (m, used) = match self.take() {
                 Ok(r) => r,
                 Err(e) => return Some(Err(e)),
             };
-            self.buf.drain(..used);
-            if self.buf.is_empty() {
-                self.buf = Vec::new();
-            }
             match m {
                 Some(Incoming::Binary(b)) => return Some(Ok(Some(b))),
                 Some(Incoming::Pong) => continue,
@@ -462,11 +472,7 @@ impl FrameRead for Reader {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             if !self.buf.is_empty() {
-                let (m, used) = self.parser.next(&self.buf, self.max)?;
-                self.buf.drain(..used);
-                if self.buf.is_empty() {
-                    self.buf = Vec::new();
-                }
+                let (m, _) = self.take()?;
                 match m {
                     Some(Incoming::Binary(b)) => return Ok(Some(b)),
                     // Boxed (rare): keeps the reader's future, held by every idle
@@ -493,9 +499,7 @@ impl FrameRead for Reader {
                     match p.tcp.try_read_buf(&mut self.buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            if self.buf.is_empty() {
-                                self.buf = Vec::new();
-                            }
+                            self.release_if_empty();
                             continue;
                         }
                         Err(e) => return Err(io_error(e)),
